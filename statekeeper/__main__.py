@@ -1,0 +1,5 @@
+"""``python -m statekeeper``: the same as the ``statekeeper`` command."""
+
+from statekeeper.cli import main
+
+main()
