@@ -1,0 +1,178 @@
+"""The database schema, declared once. Alembic migrations are generated from this metadata and reviewed.
+
+Every table leads with ``account`` and every unique key includes it, so that the same schema can be distributed
+by account (Citus) when one server is no longer enough (DESIGN.md section 7).
+
+What metadata cannot declare (trigger functions and triggers) lives in the migrations, and
+:data:`EVENTS_TRIGGERS` names them so that ``statekeeper db check`` can verify they are in place.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+
+from statekeeper.events import CloseReason, EventKind, Source, Transport
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+TimestampTZ = TIMESTAMP(timezone=True)
+
+
+def _one_of(column: str, values: list[str]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)  # static values from our own enums, never user input
+    return f"{column} IN ({quoted})"
+
+
+KINDS = sorted(k.value for k in EventKind)
+SOURCES = sorted(s.value for s in Source)
+
+events = Table(
+    "events",
+    metadata,
+    Column("account", Text, nullable=False),
+    Column("id", BigInteger, Identity(always=True), nullable=False, comment="global log position"),
+    Column("venue", Text, nullable=False),
+    Column("session", UUID(as_uuid=True), nullable=True, comment="stream session (connection) it arrived on"),
+    Column("seq", BigInteger, nullable=True, comment="the venue's frame number within the session"),
+    Column("event_key", Text, nullable=False, comment="idempotency key, unique per account"),
+    Column("kind", Text, nullable=False),
+    Column("snapshot", Boolean, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("venue_time", TimestampTZ, nullable=False),
+    Column("received_at", TimestampTZ, nullable=False),
+    Column("payload", JSONB, nullable=False, comment="normalized body, canonical JSON"),
+    Column("raw", Text, nullable=True, comment="the frame or REST item exactly as received"),
+    Column("content_hash", LargeBinary, nullable=False, comment="SHA-256 of the normalized content"),
+    Column("appended_at", TimestampTZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("account", "id"),
+    UniqueConstraint("account", "event_key"),
+    CheckConstraint(_one_of("kind", KINDS), name="kind"),
+    CheckConstraint(_one_of("source", SOURCES), name="source"),
+    # A numbered frame's key is its session and seq, so the unique key above also makes (account, session, seq)
+    # unique, with one index instead of two; other keys cannot be mistaken for one.
+    CheckConstraint(
+        "CASE WHEN seq IS NULL THEN event_key NOT LIKE 'seq:%' "
+        "ELSE seq >= 0 AND session IS NOT NULL AND event_key = 'seq:' || session::text || ':' || seq::text END",
+        name="numbered_frame_key",
+    ),
+    CheckConstraint("octet_length(content_hash) = 32", name="content_hash_length"),
+    Index("ix_events_id", "id"),
+    comment="append-only event log: every venue message and control event",
+)
+
+event_conflicts = Table(
+    "event_conflicts",
+    metadata,
+    Column("account", Text, nullable=False),
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    Column("event_key", Text, nullable=False),
+    Column("existing_event_id", BigInteger, nullable=False, comment="the event already stored under this key"),
+    Column("venue", Text, nullable=False),
+    Column("session", UUID(as_uuid=True), nullable=True),
+    Column("seq", BigInteger, nullable=True),
+    Column("kind", Text, nullable=False),
+    Column("snapshot", Boolean, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("venue_time", TimestampTZ, nullable=False),
+    Column("received_at", TimestampTZ, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("raw", Text, nullable=True),
+    Column("content_hash", LargeBinary, nullable=False),
+    Column("first_seen_at", TimestampTZ, nullable=False, server_default=func.now()),
+    Column("last_seen_at", TimestampTZ, nullable=False, server_default=func.now()),
+    Column("occurrences", Integer, nullable=False, server_default=text("1")),
+    PrimaryKeyConstraint("account", "id"),
+    UniqueConstraint("account", "event_key", "content_hash"),
+    comment="messages whose key was already taken by different content: kept, visible, counted",
+)
+
+rejected_frames = Table(
+    "rejected_frames",
+    metadata,
+    Column("account", Text, nullable=False),
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    Column("venue", Text, nullable=False),
+    Column("session", UUID(as_uuid=True), nullable=True),
+    Column("seq", BigInteger, nullable=True, comment="the frame's seq when it could still be read"),
+    Column("source", Text, nullable=False),
+    Column("received_at", TimestampTZ, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("raw", LargeBinary, nullable=False, comment="the frame exactly as received, whatever its encoding"),
+    Column("rejected_at", TimestampTZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("account", "id"),
+    CheckConstraint(_one_of("source", SOURCES), name="source"),
+    Index("ix_rejected_frames_account_received_at", "account", "received_at"),
+    comment="frames that could not become events, with the reason",
+)
+
+stream_sessions = Table(
+    "stream_sessions",
+    metadata,
+    Column("account", Text, nullable=False),
+    Column("session", UUID(as_uuid=True), nullable=False),
+    Column("venue", Text, nullable=False),
+    Column("transport", Text, nullable=False),
+    Column("url", Text, nullable=True),
+    Column("owner", Text, nullable=True, comment="the daemon (host:pid) that holds the session"),
+    Column("opened_at", TimestampTZ, nullable=False),
+    Column("closed_at", TimestampTZ, nullable=True),
+    Column("close_reason", Text, nullable=True),
+    Column("close_detail", Text, nullable=True),
+    Column("last_seq", BigInteger, nullable=True),
+    PrimaryKeyConstraint("account", "session"),
+    CheckConstraint(_one_of("transport", sorted(t.value for t in Transport)), name="transport"),
+    CheckConstraint(
+        "close_reason IS NULL OR " + _one_of("close_reason", sorted(r.value for r in CloseReason)),
+        name="close_reason",
+    ),
+    CheckConstraint("(closed_at IS NULL) = (close_reason IS NULL)", name="closed_with_reason"),
+    Index("ix_stream_sessions_account_opened_at", "account", "opened_at"),
+    comment="one row per stream connection (or REST polling session)",
+)
+
+projector_checkpoints = Table(
+    "projector_checkpoints",
+    metadata,
+    Column("account", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("position", BigInteger, nullable=False, comment="the last log position applied"),
+    Column("updated_at", TimestampTZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("account", "name"),
+    CheckConstraint("position >= 0", name="position"),
+    comment="how far each projector has applied the log, per account",
+)
+
+EVENTS_TRIGGERS: dict[str, str] = {
+    "events_append_only": "UPDATE and DELETE on events fail",
+    "events_no_truncate": "TRUNCATE on events fails",
+    "events_serialize_appends": "appends take one lock, so log positions become visible in order",
+    "events_notify": "every append wakes the readers (NOTIFY statekeeper_events)",
+}
+"""Triggers on ``events`` that the migrations create and ``db check`` verifies (all ``ENABLE ALWAYS``)."""
+
+NOTIFY_CHANNEL = "statekeeper_events"
