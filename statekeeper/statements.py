@@ -1,0 +1,121 @@
+"""Named SQL statements of the hot paths, with bind parameters only.
+
+Every statement here is prepared against a freshly migrated database by the tests, so a statement and the schema
+(:mod:`statekeeper.schema`) cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+_EVENT_COLUMNS = """account, venue, session, seq, event_key, kind, snapshot, source,
+    venue_time, received_at, payload, raw, content_hash"""
+
+#: The columns an append COPYs into ``events``, in the order of :func:`statekeeper.eventlog.copy_record`.
+COPY_COLUMNS: tuple[str, ...] = tuple(c.strip() for c in _EVENT_COLUMNS.split(","))
+
+# Appending is lock, probe, COPY, read back, in one transaction:
+# 1. Take the append lock (held until commit) and check the isolation level: under READ COMMITTED every later
+#    statement sees all appends committed before the lock was granted, so the probe below cannot race.
+TAKE_APPEND_LOCK = """
+SELECT pg_advisory_xact_lock(21323, 1), current_setting('transaction_isolation') AS isolation
+"""
+
+# 2. The current head, and which of the batch's keys are already stored (one index probe per key: LATERAL with
+#    LIMIT keeps it a nested loop whatever the statistics say, never a scan of the log).
+PROBE_KEYS = """
+SELECT head.id AS head, found.account, found.event_key, found.id, found.content_hash
+FROM (SELECT coalesce(max(id), 0) AS id FROM events) AS head
+LEFT JOIN (
+    SELECT e.account, e.event_key, e.id, e.content_hash
+    FROM unnest($1::text[], $2::text[]) AS k(account, event_key)
+    JOIN LATERAL (
+        SELECT account, event_key, id, content_hash
+        FROM events
+        WHERE events.account = k.account AND events.event_key = k.event_key
+        LIMIT 1
+    ) AS e ON true
+) AS found ON true
+"""
+
+# 3. COPY the new rows into events (see COPY_COLUMNS); 4. read back the positions they were given: under the
+#    lock, the rows after the head are exactly this batch's, in COPY order.
+READ_BACK_APPENDED = """
+SELECT id FROM events WHERE id > $1 ORDER BY id
+"""
+
+RECORD_CONFLICTS = f"""
+INSERT INTO event_conflicts (existing_event_id, occurrences, {_EVENT_COLUMNS})
+SELECT existing_event_id, occurrences, account, venue, session, seq, event_key, kind, snapshot, source,
+       venue_time, received_at, payload::jsonb, raw, content_hash
+FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::text[], $8::text[],
+            $9::bool[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[], $14::text[],
+            $15::bytea[])
+     AS c(existing_event_id, occurrences, account, venue, session, seq, event_key, kind, snapshot, source,
+          venue_time, received_at, payload, raw, content_hash)
+ON CONFLICT (account, event_key, content_hash) DO UPDATE
+SET occurrences = event_conflicts.occurrences + excluded.occurrences,
+    last_seen_at = now()
+RETURNING id
+"""  # noqa: S608 - the interpolated text is a constant column list
+
+INSERT_REJECTED_FRAMES = """
+INSERT INTO rejected_frames (account, venue, session, seq, source, received_at, reason, raw)
+SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int8[], $5::text[], $6::timestamptz[],
+                     $7::text[], $8::bytea[])
+RETURNING id
+"""
+
+_STORED_COLUMNS = """id, account, venue, session, seq, event_key, kind, snapshot, source,
+    venue_time, received_at, payload, raw, content_hash, appended_at"""
+
+READ_AFTER = f"""
+SELECT {_STORED_COLUMNS}
+FROM events
+WHERE id > $1
+ORDER BY id
+LIMIT $2
+"""  # noqa: S608 - the interpolated text is a constant column list
+
+READ_AFTER_FOR_ACCOUNTS = f"""
+SELECT {_STORED_COLUMNS}
+FROM events
+WHERE account = ANY($1::text[]) AND id > $2
+ORDER BY id
+LIMIT $3
+"""  # noqa: S608 - the interpolated text is a constant column list
+
+HEAD = "SELECT coalesce(max(id), 0) FROM events"
+
+GET_CHECKPOINT = "SELECT position FROM projector_checkpoints WHERE account = $1 AND name = $2"
+
+# Moves forward only: a checkpoint that would go back is a bug, and the caller gets NULL instead of a row.
+ADVANCE_CHECKPOINT = """
+INSERT INTO projector_checkpoints (account, name, position, updated_at)
+VALUES ($1, $2, $3, now())
+ON CONFLICT (account, name) DO UPDATE
+SET position = excluded.position, updated_at = excluded.updated_at
+WHERE projector_checkpoints.position <= excluded.position
+RETURNING position
+"""
+
+LIST_CONFLICTS = """
+SELECT account, id, event_key, existing_event_id, kind, source, session, seq, content_hash,
+       first_seen_at, last_seen_at, occurrences
+FROM event_conflicts
+WHERE ($1::text IS NULL OR account = $1)
+ORDER BY account, id
+LIMIT $2
+"""
+
+ALL: dict[str, str] = {
+    "take_append_lock": TAKE_APPEND_LOCK,
+    "probe_keys": PROBE_KEYS,
+    "read_back_appended": READ_BACK_APPENDED,
+    "record_conflicts": RECORD_CONFLICTS,
+    "insert_rejected_frames": INSERT_REJECTED_FRAMES,
+    "read_after": READ_AFTER,
+    "read_after_for_accounts": READ_AFTER_FOR_ACCOUNTS,
+    "head": HEAD,
+    "get_checkpoint": GET_CHECKPOINT,
+    "advance_checkpoint": ADVANCE_CHECKPOINT,
+    "list_conflicts": LIST_CONFLICTS,
+}
