@@ -1,0 +1,240 @@
+"""The ``statekeeper`` command.
+
+Exit codes: 0 success, 1 a check failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from statekeeper import __version__
+from statekeeper.config import Settings, load_settings
+from statekeeper.errors import StatekeeperError
+from statekeeper.logs import configure_logging, register_secret
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="statekeeper",
+    help="Event-sourced account state store: venue streams -> event log -> SQL projections.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # tracebacks must never print local variables (secrets)
+)
+db_app = typer.Typer(help="Database schema: migrate, inspect, check.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration: validate and show.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Configuration file (TOML). Default: statekeeper.toml in the current directory, if present.",
+        dir_okay=False,
+    ),
+]
+LogFormatOption = Annotated[
+    Literal["text", "json"] | None,
+    typer.Option("--log-format", help="Log format: text for a terminal, json for production."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"statekeeper {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """statekeeper keeps the account state of trading venues in PostgreSQL, and can prove it."""
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def run_command(
+    coro_fn: Callable[[Settings], Coroutine[Any, Any, T]],
+    config: Path | None,
+    *,
+    log_format: Literal["text", "json"] | None = None,
+    require_secrets: bool = False,
+) -> T:
+    """Load the configuration, set up logging, run the coroutine; map statekeeper errors to exit codes."""
+    try:
+        settings = load_settings(config, require_secrets=require_secrets)
+        if settings.database.url is not None:
+            register_secret(urlsplit(settings.database.url.get_secret_value()).password)
+        for account in settings.accounts:
+            if account.api_key is not None:
+                register_secret(account.api_key.get_secret_value())
+        configure_logging(log_format or settings.log.format, settings.log.level)
+        return asyncio.run(coro_fn(settings))
+    except StatekeeperError as exc:
+        raise fail(exc.message, exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+
+
+# ------------------------------------------------------------------------------------------------ db
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: ConfigOption = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply the migrations to the configured database (or the embedded one)."""
+    from statekeeper.database import database_target  # noqa: PLC0415
+    from statekeeper.migrations import current_revisions, upgrade  # noqa: PLC0415
+
+    async def go(settings: Settings) -> tuple[str, tuple[str, ...]]:
+        async with database_target(settings.database) as target:
+            await upgrade(target.url, revision)
+            return target.display_url, await current_revisions(target.url)
+
+    where, revisions = run_command(go, config)
+    out.print(f"database {where} is at revision {', '.join(revisions) or '(none)'}", highlight=False)
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision; 'base' removes every statekeeper table.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revert migrations down to REVISION. 'base' drops the event log: the data is lost."""
+    from statekeeper.database import database_target  # noqa: PLC0415
+    from statekeeper.migrations import current_revisions, downgrade  # noqa: PLC0415
+
+    async def go(settings: Settings) -> tuple[str, tuple[str, ...]]:
+        async with database_target(settings.database) as target:
+            await downgrade(target.url, revision)
+            return target.display_url, await current_revisions(target.url)
+
+    where, revisions = run_command(go, config)
+    out.print(f"database {where} is at revision {', '.join(revisions) or '(none)'}", highlight=False)
+
+
+@db_app.command("current")
+def db_current(config: ConfigOption = None) -> None:
+    """Print the database's schema revision and the one this version expects."""
+    from statekeeper.database import database_target  # noqa: PLC0415
+    from statekeeper.migrations import current_revisions, head_revisions  # noqa: PLC0415
+
+    async def go(settings: Settings) -> tuple[str, tuple[str, ...]]:
+        async with database_target(settings.database) as target:
+            return target.display_url, await current_revisions(target.url)
+
+    where, revisions = run_command(go, config)
+    out.print(f"database: {where}", highlight=False)
+    out.print(f"current:  {', '.join(revisions) or '(none: empty database)'}", highlight=False)
+    out.print(f"expected: {', '.join(head_revisions())}", highlight=False)
+
+
+@db_app.command("check")
+def db_check(config: ConfigOption = None) -> None:
+    """Report drift between the declared schema and the database. Exit 1 if they differ."""
+    from statekeeper.database import database_target  # noqa: PLC0415
+    from statekeeper.migrations import check  # noqa: PLC0415
+
+    async def go(settings: Settings) -> tuple[str, list[str]]:
+        async with database_target(settings.database) as target:
+            return target.display_url, await check(target.url)
+
+    where, problems = run_command(go, config)
+    if problems:
+        for problem in problems:
+            err.print(f"[red]drift:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"database {where} matches the declared schema", highlight=False)
+
+
+@db_app.command(
+    "psql",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def db_psql(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Open psql on the statekeeper database (starting the embedded server if that is the one in use).
+
+    Arguments after the options go to psql, e.g. statekeeper db psql -c 'SELECT count(*) FROM events'.
+    """
+    from statekeeper.database import database_target  # noqa: PLC0415
+    from statekeeper.psql import run_psql  # noqa: PLC0415
+
+    async def go(settings: Settings) -> int:
+        async with database_target(settings.database) as target:
+            return await run_psql(target, list(ctx.args))
+
+    raise typer.Exit(run_command(go, config))
+
+
+# -------------------------------------------------------------------------------------------- config
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the configuration, credentials included, and print it with secrets masked."""
+
+    async def go(settings: Settings) -> Settings:
+        return settings
+
+    settings = run_command(go, config, require_secrets=True)
+    table = Table(title="statekeeper configuration", show_lines=False)
+    table.add_column("key")
+    table.add_column("value")
+    table.add_row("database.url", settings.database.display_url() or f"(embedded in {settings.database.data_dir})")
+    table.add_row("reconcile.interval_seconds", f"{settings.reconcile.interval_seconds:g}")
+    table.add_row("log", f"{settings.log.format}, {settings.log.level}")
+    for account in settings.accounts:
+        table.add_row(
+            f"account {account.name}",
+            f"{account.venue}, credential from ${account.api_key_env} (set)"
+            + (f", ws {account.ws_url}" if account.ws_url else "")
+            + (f", rest {account.rest_url}" if account.rest_url else ""),
+        )
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo(
+    config: ConfigOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Show statekeeper end to end on the embedded database (today: the event log at work)."""
+    from statekeeper.demo import run_demo  # noqa: PLC0415
+
+    async def go(settings: Settings) -> int:
+        return await run_demo(settings, out)
+
+    code = run_command(go, config, log_format=log_format)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point of the ``statekeeper`` console script."""
+    try:
+        app()
+    except BrokenPipeError:  # `statekeeper ... | head`
+        sys.exit(0)
