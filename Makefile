@@ -1,0 +1,44 @@
+# The commands the README gives. `make demo` and `make test` do all the set-up on a fresh machine
+# (a virtual environment in .venv with the pinned dependencies) before they run.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench migrate install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## the main job: the demo on the embedded database
+demo: $(STAMP)
+	$(BIN)/statekeeper demo
+
+## everything CI runs: lint, type check, the whole test suite (benchmarks in a quick form included)
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+## benchmarks (figures go to bench/results.json; copy them into docs/benchmarks.md)
+bench: $(STAMP)
+	$(BIN)/python -m bench.append
+
+## apply migrations to the configured database (or the embedded one)
+migrate: $(STAMP)
+	$(BIN)/statekeeper db upgrade
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis
