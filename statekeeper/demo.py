@@ -245,7 +245,9 @@ async def _show(log: PostgresEventLog, pool: asyncpg.Pool, console: Console) -> 
     )
 
     read_back = await log.read(start_position, limit=100)
-    console.print(_events_table(read_back))
+    # At least wide enough for the table: a narrow terminal wraps the lines rather than dropping columns.
+    wide = Console(file=console.file, width=max(console.width, 150), force_terminal=console.is_terminal)
+    wide.print(_events_table(read_back))
     in_order = [e.id for e in read_back] == sorted(e.id for e in read_back) and len(read_back) == result.appended
 
     try:
