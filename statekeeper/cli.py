@@ -98,22 +98,28 @@ def run_command(
 # ------------------------------------------------------------------------------------------------ db
 
 
+def _migrate(config: Path | None, direction: Literal["upgrade", "downgrade"], revision: str) -> None:
+    from statekeeper.database import database_target  # noqa: PLC0415
+    from statekeeper.migrations import current_revisions, downgrade, upgrade  # noqa: PLC0415
+
+    migrate = upgrade if direction == "upgrade" else downgrade
+
+    async def go(settings: Settings) -> tuple[str, tuple[str, ...]]:
+        async with database_target(settings.database) as target:
+            await migrate(target.url, revision)
+            return target.display_url, await current_revisions(target.url)
+
+    where, revisions = run_command(go, config)
+    out.print(f"database {where} is at revision {', '.join(revisions) or '(none)'}", highlight=False)
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     config: ConfigOption = None,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Apply the migrations to the configured database (or the embedded one)."""
-    from statekeeper.database import database_target  # noqa: PLC0415
-    from statekeeper.migrations import current_revisions, upgrade  # noqa: PLC0415
-
-    async def go(settings: Settings) -> tuple[str, tuple[str, ...]]:
-        async with database_target(settings.database) as target:
-            await upgrade(target.url, revision)
-            return target.display_url, await current_revisions(target.url)
-
-    where, revisions = run_command(go, config)
-    out.print(f"database {where} is at revision {', '.join(revisions) or '(none)'}", highlight=False)
+    _migrate(config, "upgrade", revision)
 
 
 @db_app.command("downgrade")
@@ -122,16 +128,7 @@ def db_downgrade(
     config: ConfigOption = None,
 ) -> None:
     """Revert migrations down to REVISION. 'base' drops the event log: the data is lost."""
-    from statekeeper.database import database_target  # noqa: PLC0415
-    from statekeeper.migrations import current_revisions, downgrade  # noqa: PLC0415
-
-    async def go(settings: Settings) -> tuple[str, tuple[str, ...]]:
-        async with database_target(settings.database) as target:
-            await downgrade(target.url, revision)
-            return target.display_url, await current_revisions(target.url)
-
-    where, revisions = run_command(go, config)
-    out.print(f"database {where} is at revision {', '.join(revisions) or '(none)'}", highlight=False)
+    _migrate(config, "downgrade", revision)
 
 
 @db_app.command("current")

@@ -51,23 +51,31 @@ def _one_of(column: str, values: list[str]) -> str:
 KINDS = sorted(k.value for k in EventKind)
 SOURCES = sorted(s.value for s in Source)
 
+
+def _message_columns() -> list[Column[object]]:
+    """The columns that describe one venue message: ``events`` and ``event_conflicts`` both hold them."""
+    return [
+        Column("venue", Text, nullable=False),
+        Column("session", UUID(as_uuid=True), nullable=True, comment="stream session (connection) it arrived on"),
+        Column("seq", BigInteger, nullable=True, comment="the venue's frame number within the session"),
+        Column("event_key", Text, nullable=False, comment="idempotency key, unique per account"),
+        Column("kind", Text, nullable=False),
+        Column("snapshot", Boolean, nullable=False),
+        Column("source", Text, nullable=False),
+        Column("venue_time", TimestampTZ, nullable=False),
+        Column("received_at", TimestampTZ, nullable=False),
+        Column("payload", JSONB, nullable=False, comment="normalized body, canonical JSON"),
+        Column("raw", Text, nullable=True, comment="the frame or REST item exactly as received"),
+        Column("content_hash", LargeBinary, nullable=False, comment="SHA-256 of the normalized content"),
+    ]
+
+
 events = Table(
     "events",
     metadata,
     Column("account", Text, nullable=False),
     Column("id", BigInteger, Identity(always=True), nullable=False, comment="global log position"),
-    Column("venue", Text, nullable=False),
-    Column("session", UUID(as_uuid=True), nullable=True, comment="stream session (connection) it arrived on"),
-    Column("seq", BigInteger, nullable=True, comment="the venue's frame number within the session"),
-    Column("event_key", Text, nullable=False, comment="idempotency key, unique per account"),
-    Column("kind", Text, nullable=False),
-    Column("snapshot", Boolean, nullable=False),
-    Column("source", Text, nullable=False),
-    Column("venue_time", TimestampTZ, nullable=False),
-    Column("received_at", TimestampTZ, nullable=False),
-    Column("payload", JSONB, nullable=False, comment="normalized body, canonical JSON"),
-    Column("raw", Text, nullable=True, comment="the frame or REST item exactly as received"),
-    Column("content_hash", LargeBinary, nullable=False, comment="SHA-256 of the normalized content"),
+    *_message_columns(),
     Column("appended_at", TimestampTZ, nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("account", "id"),
     UniqueConstraint("account", "event_key"),
@@ -90,19 +98,8 @@ event_conflicts = Table(
     metadata,
     Column("account", Text, nullable=False),
     Column("id", BigInteger, Identity(always=True), nullable=False),
-    Column("event_key", Text, nullable=False),
     Column("existing_event_id", BigInteger, nullable=False, comment="the event already stored under this key"),
-    Column("venue", Text, nullable=False),
-    Column("session", UUID(as_uuid=True), nullable=True),
-    Column("seq", BigInteger, nullable=True),
-    Column("kind", Text, nullable=False),
-    Column("snapshot", Boolean, nullable=False),
-    Column("source", Text, nullable=False),
-    Column("venue_time", TimestampTZ, nullable=False),
-    Column("received_at", TimestampTZ, nullable=False),
-    Column("payload", JSONB, nullable=False),
-    Column("raw", Text, nullable=True),
-    Column("content_hash", LargeBinary, nullable=False),
+    *_message_columns(),
     Column("first_seen_at", TimestampTZ, nullable=False, server_default=func.now()),
     Column("last_seen_at", TimestampTZ, nullable=False, server_default=func.now()),
     Column("occurrences", Integer, nullable=False, server_default=text("1")),

@@ -43,6 +43,11 @@ def test_db_upgrade_check_current(empty_database_url: str, tmp_path: Path) -> No
     assert current.returncode == 0
     assert "current:  0001" in current.stdout
 
+    down = statekeeper("db", "downgrade", "base", cwd=tmp_path, env=env)
+    assert down.returncode == 0, down.stderr
+    assert "is at revision (none)" in down.stdout
+    assert statekeeper("db", "check", cwd=tmp_path, env=env).returncode == 1
+
 
 async def test_db_check_exits_1_on_drift(database_url: str, tmp_path: Path) -> None:
     conn = await asyncpg.connect(database_url)
