@@ -10,16 +10,17 @@ import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from statekeeper import __version__
 from statekeeper.config import Settings, load_settings
 from statekeeper.errors import StatekeeperError
-from statekeeper.logs import configure_logging, register_secret
+from statekeeper.logs import configure_logging, mask_secrets, register_secret
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ def root(
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(mask_secrets(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -83,7 +84,9 @@ def run_command(
     try:
         settings = load_settings(config, require_secrets=require_secrets)
         if settings.database.url is not None:
-            register_secret(urlsplit(settings.database.url.get_secret_value()).password)
+            password = urlsplit(settings.database.url.get_secret_value()).password
+            register_secret(password)
+            register_secret(unquote(password or ""))
         for account in settings.accounts:
             if account.api_key is not None:
                 register_secret(account.api_key.get_secret_value())
@@ -160,7 +163,7 @@ def db_check(config: ConfigOption = None) -> None:
     where, problems = run_command(go, config)
     if problems:
         for problem in problems:
-            err.print(f"[red]drift:[/] {problem}", highlight=False, soft_wrap=True)
+            err.print(f"[red]drift:[/] {escape(problem)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     out.print(f"database {where} matches the declared schema", highlight=False)
 
@@ -198,15 +201,19 @@ def config_check(config: ConfigOption = None) -> None:
     table = Table(title="statekeeper configuration", show_lines=False)
     table.add_column("key")
     table.add_column("value")
-    table.add_row("database.url", settings.database.display_url() or f"(embedded in {settings.database.data_dir})")
+    table.add_row(
+        "database.url", escape(settings.database.display_url() or f"(embedded in {settings.database.data_dir})")
+    )
     table.add_row("reconcile.interval_seconds", f"{settings.reconcile.interval_seconds:g}")
     table.add_row("log", f"{settings.log.format}, {settings.log.level}")
     for account in settings.accounts:
         table.add_row(
             f"account {account.name}",
-            f"{account.venue}, credential from ${account.api_key_env} (set)"
-            + (f", ws {account.ws_url}" if account.ws_url else "")
-            + (f", rest {account.rest_url}" if account.rest_url else ""),
+            escape(
+                f"{account.venue}, credential from ${account.api_key_env} (set)"
+                + (f", ws {account.ws_url}" if account.ws_url else "")
+                + (f", rest {account.rest_url}" if account.rest_url else "")
+            ),
         )
     out.print(table)
 

@@ -11,7 +11,6 @@ import subprocess
 import warnings
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
 
 from statekeeper.errors import EmbeddedDatabaseError
 
@@ -66,13 +65,6 @@ class EmbeddedPostgres:
         if self._server is None:
             raise EmbeddedDatabaseError("the embedded PostgreSQL server is not started")
         return str(self._server.get_uri(database))
-
-    @property
-    def socket_dir(self) -> str | None:
-        if self._server is None:
-            return None
-        query = parse_qs(urlsplit(self.start()).query)
-        return query.get("host", [None])[0]
 
     def stop(self) -> None:
         """Release this process's handle; the server stops when no statekeeper process uses it any more."""

@@ -518,11 +518,7 @@ class Event(_Model):
 
 
 def canonical_json(value: Any) -> bytes:
-    """JSON with sorted keys and no whitespace: the same bytes for the same value on every machine.
-
-    Event payloads leave out fields that are ``None``: they read back as ``None`` all the same, and an optional
-    field added in a later version does not change the content hash of messages stored before it.
-    """
+    """JSON with sorted keys and no whitespace: the same bytes for the same value on every machine."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
@@ -562,7 +558,11 @@ def content_hash(*, kind: str, venue: str, source: str, snapshot: bool, venue_ti
 
 
 def encode_event(event: Event) -> EncodedEvent:
-    """Turn an event into the row the log stores. Raises :class:`InvalidEvent` if PostgreSQL could not hold it."""
+    """Turn an event into the row the log stores. Raises :class:`InvalidEvent` if PostgreSQL could not hold it.
+
+    The payload leaves out fields that are ``None``: they read back as ``None`` all the same, and an optional
+    field added in a later version does not change the content hash of messages stored before it.
+    """
     try:
         payload = canonical_json(event.body.model_dump(mode="json", exclude_none=True))
     except orjson.JSONEncodeError as exc:  # a lone surrogate in a string
