@@ -36,6 +36,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -59,6 +60,9 @@ class EventKind(StrEnum):
     FUNDING = "funding"
     TRANSFER = "transfer"
     ACCOUNT = "account"
+    VENUE_MESSAGE = "venue_message"  # a venue message kept as received, not (yet) modeled or projected
+    # protocol: a venue's answers to our requests (JSON-RPC results and errors)
+    PROTOCOL = "protocol"
     # stream lifecycle
     SESSION_OPENED = "session_opened"
     SESSION_CLOSED = "session_closed"
@@ -356,6 +360,26 @@ class TransferBody(_Body):
     transfers: tuple[Transfer, ...]
 
 
+class VenueMessage(_Body):
+    """A message the venue sent that statekeeper keeps but does not model: its type and data as received."""
+
+    kind: Literal[EventKind.VENUE_MESSAGE] = EventKind.VENUE_MESSAGE
+    message_type: Name
+    data: JsonValue = None
+    updated_at: UtcDatetime | None = None
+
+
+class ProtocolMessage(_Body):
+    """A protocol frame: the venue's answer to a request (authentication, subscription) or a protocol error."""
+
+    kind: Literal[EventKind.PROTOCOL] = EventKind.PROTOCOL
+    method: str | None = None
+    request_id: int | str | None = None
+    result: JsonValue = None
+    error_code: int | str | None = None
+    error_message: str | None = None
+
+
 class SessionOpened(_Body):
     kind: Literal[EventKind.SESSION_OPENED] = EventKind.SESSION_OPENED
     transport: Transport
@@ -419,6 +443,8 @@ Body: TypeAlias = Annotated[
     | PositionBody
     | FundingBody
     | TransferBody
+    | VenueMessage
+    | ProtocolMessage
     | SessionOpened
     | SessionClosed
     | GapDetected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from sqlalchemy.pool import NullPool
 from statekeeper.config import load_settings, redact_url
 from statekeeper.database import database_target
 from statekeeper.errors import DatabaseError, MigrationError
-from statekeeper.schema import EVENTS_TRIGGERS, metadata
+from statekeeper.schema import EVENTS_TRIGGERS, KINDS, SOURCES, metadata
 
 
 def script_location() -> Path:
@@ -119,6 +120,15 @@ def _describe_diff(diff: Any) -> str:
     return f"{op} {where}".strip()
 
 
+_CHECK_LISTS = text(
+    """
+    SELECT conname, pg_get_constraintdef(oid) AS definition
+    FROM pg_constraint
+    WHERE conrelid = to_regclass('events') AND contype = 'c' AND conname IN ('ck_events_kind', 'ck_events_source')
+    """
+)
+_QUOTED = re.compile(r"'([^']*)'")
+
 _TRIGGERS = text(
     """
     SELECT t.tgname, t.tgenabled::text AS tgenabled
@@ -146,6 +156,15 @@ def _check(connection: Connection, problems: list[str]) -> None:
     problems.extend(
         f"schema differs from the declared metadata: {_describe_diff(d)}" for d in compare_metadata(context, metadata)
     )
+    # Alembic does not compare CHECK constraints: compare the allowed kinds and sources with the enums here.
+    declared = {"ck_events_kind": set(KINDS), "ck_events_source": set(SOURCES)}
+    found = {row.conname: set(_QUOTED.findall(row.definition)) for row in connection.execute(_CHECK_LISTS)}
+    for name, values in declared.items():
+        if name not in found:
+            problems.append(f"check constraint {name} on events is missing")
+        elif found[name] != values:
+            missing, extra = sorted(values - found[name]), sorted(found[name] - values)
+            problems.append(f"check constraint {name} differs: missing {missing}, not declared {extra}")
     triggers = {row.tgname: row.tgenabled for row in connection.execute(_TRIGGERS)}
     for name, purpose in EVENTS_TRIGGERS.items():
         state = triggers.get(name)

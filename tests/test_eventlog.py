@@ -22,7 +22,17 @@ from statekeeper.eventlog import (
     advance_checkpoint,
     get_checkpoint,
 )
-from statekeeper.events import FillBody, RejectedFrame, Source, encode_event
+from statekeeper.events import (
+    Event,
+    EventKind,
+    FillBody,
+    ProtocolMessage,
+    RejectedFrame,
+    Source,
+    VenueMessage,
+    encode_event,
+    natural_key,
+)
 from tests.factories import T0, fill, fill_event, order_snapshot
 
 
@@ -275,3 +285,31 @@ async def test_append_refuses_a_longer_lived_snapshot(log: PostgresEventLog) -> 
     async with log.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         with pytest.raises(EventLogError, match="READ COMMITTED"):
             await log.append([fill_event("acc-1", "1")], connection=conn)
+
+
+async def test_the_schema_accepts_every_kind(log: PostgresEventLog) -> None:
+    """The kind CHECK constraint is hand-migrated: every kind of the model must be storable."""
+    bodies = [
+        VenueMessage(message_type="DEPOSIT", data={"amount": "10", "asset": 1}),
+        ProtocolMessage(method="subscribe", request_id=3, result={"channel": "orders.ALL"}),
+    ]
+    events = [
+        Event(
+            account="acc-1",
+            venue="paradex",
+            source=Source.STREAM,
+            body=body,
+            venue_time=T0,
+            received_at=T0,
+            key=natural_key("test", i),
+        )
+        for i, body in enumerate(bodies)
+    ]
+    assert (await log.append(events)).appended == 2
+    stored = await log.read(0)
+    assert [e.body() for e in stored] == bodies
+    kinds = await log.pool.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ck_events_kind'"
+    )
+    for kind in EventKind:
+        assert f"'{kind.value}'" in kinds

@@ -47,6 +47,8 @@ async def test_check_reports_drift(database_url: str) -> None:
         await conn.execute("ALTER TABLE stream_sessions ADD COLUMN surprise int")
         await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
         await conn.execute("DROP TRIGGER events_notify ON events")
+        await conn.execute("ALTER TABLE events DROP CONSTRAINT ck_events_kind")
+        await conn.execute("ALTER TABLE events ADD CONSTRAINT ck_events_kind CHECK (kind IN ('order', 'bogus'))")
     finally:
         await conn.close()
     problems = "\n".join(await check(database_url))
@@ -54,6 +56,7 @@ async def test_check_reports_drift(database_url: str) -> None:
     assert "surprise" in problems
     assert "events_append_only" in problems and "ENABLE ALWAYS" in problems
     assert "events_notify on events is missing" in problems
+    assert "ck_events_kind differs" in problems and "'bogus'" in problems and "'fill'" in problems
 
 
 @pytest.mark.parametrize("trigger", sorted(EVENTS_TRIGGERS))
