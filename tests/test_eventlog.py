@@ -23,6 +23,7 @@ from statekeeper.eventlog import (
     get_checkpoint,
 )
 from statekeeper.events import (
+    Body,
     Event,
     EventKind,
     FillBody,
@@ -289,7 +290,7 @@ async def test_append_refuses_a_longer_lived_snapshot(log: PostgresEventLog) -> 
 
 async def test_the_schema_accepts_every_kind(log: PostgresEventLog) -> None:
     """The kind CHECK constraint is hand-migrated: every kind of the model must be storable."""
-    bodies = [
+    bodies: list[Body] = [
         VenueMessage(message_type="DEPOSIT", data={"amount": "10", "asset": 1}),
         ProtocolMessage(method="subscribe", request_id=3, result={"channel": "orders.ALL"}),
     ]
