@@ -237,8 +237,9 @@ def parse_json_with(
 ) -> T:
     """Decode ``raw`` as JSON and map it with ``mapper``, exactly when numbers need it.
 
-    Raises :class:`WireError` (with the frame's seq when ``seq_of`` can read it) for anything malformed;
-    a pydantic validation error from building the canonical models becomes a :class:`WireError` too.
+    Raises :class:`WireError` (with the frame's seq when ``seq_of`` can read it) for anything malformed. A pydantic
+    validation error from building the canonical models, and any other exception from ``mapper`` (a parser bug),
+    become a :class:`WireError` too.
     """
     text_value = decode_text(raw)
     try:
@@ -259,6 +260,8 @@ def parse_json_with(
         raise WireError(validation_message(exc), seq=seq) from None
     except NeedsExactNumbers as exc:  # still a float after the exact parse: cannot happen, but never raise
         raise WireError(f"{exc}: unexpected number format", seq=seq) from None
+    except Exception as exc:  # noqa: BLE001 - a mapper bug must reject the frame, not end the stream
+        raise WireError(f"parser error: {type(exc).__name__}: {exc}", seq=seq) from None
 
 
 def _safe_seq(seq_of: Callable[[Any], int | None] | None, data: Any) -> int | None:
