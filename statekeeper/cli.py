@@ -236,6 +236,60 @@ def demo(
     raise typer.Exit(code)
 
 
+# ------------------------------------------------------------------------------------------ simulate
+
+
+def _fault_plan(value: str) -> str:
+    from statekeeper.simulator.faults import FaultPlan, FaultPlanError  # noqa: PLC0415
+
+    try:
+        FaultPlan.parse(value)
+    except FaultPlanError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+@app.command("simulate")
+def simulate(
+    venue: Annotated[Literal["extended", "paradex"], typer.Option(help="The venue whose protocol to serve.")],
+    seed: Annotated[int, typer.Option(help="Same seed, same activity.")] = 1,
+    accounts: Annotated[str, typer.Option(help="Comma-separated account names.")] = "sim-1",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 0,
+    rate: Annotated[float, typer.Option(help="Activity steps per second.", min=0)] = 20.0,
+    faults: Annotated[
+        str, typer.Option(help="Fault rates, e.g. 'gap=0.01,duplicate=0.005,rest_429=0.05'.", callback=_fault_plan)
+    ] = "",
+    ping_interval: Annotated[float | None, typer.Option(help="Seconds between server pings.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.", min=0)] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve a simulated venue (WebSocket + REST, the venue's real protocol) until stopped."""
+    from statekeeper.simulate import run_simulator  # noqa: PLC0415
+    from statekeeper.simulator import SimulatorConfig  # noqa: PLC0415
+    from statekeeper.simulator.faults import FaultPlan  # noqa: PLC0415
+
+    names = tuple(a.strip() for a in accounts.split(",") if a.strip())
+    if not names:
+        raise fail("--accounts names no account", 2)
+    simulator_config = SimulatorConfig(
+        venue=venue,
+        seed=seed,
+        accounts=names,
+        host=host,
+        port=port,
+        rate=rate,
+        faults=FaultPlan.parse(faults),
+        ping_interval=ping_interval,
+        record_frames=False,
+    )
+
+    async def go(settings: Settings) -> None:
+        await run_simulator(simulator_config, out, duration=duration)
+
+    run_command(go, config)
+
+
 def main() -> None:
     """Entry point of the ``statekeeper`` console script."""
     try:
