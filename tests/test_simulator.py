@@ -8,6 +8,7 @@ import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from statekeeper.events import Side
 from statekeeper.simulator import FaultKind, FaultPlan, Simulator, SimulatorConfig
 from statekeeper.simulator.engine import Engine, EngineConfig
 from statekeeper.simulator.faults import FaultPlanError
+from statekeeper.simulator.recording import kinds, record_session
 
 PARADEX_CHANNELS = ("account", "orders.ALL", "fills.ALL", "positions", "balance_events", "funding_payments.ALL",
                     "transfers", "tradebusts")  # fmt: skip
@@ -439,3 +441,21 @@ def test_simulate_command() -> None:
                           "gapp=1"], capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert bad.returncode == 2
     assert "unknown fault 'gapp'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------- recordings
+
+RECORDINGS = {"extended": 41, "paradex": 42}
+
+
+@pytest.mark.parametrize("venue", sorted(RECORDINGS))
+def test_the_simulator_still_plays_its_recorded_sessions(venue: str) -> None:
+    """Same seed, same frames: a change to the simulator's output is deliberate (re-record the fixture then)."""
+    seed = RECORDINGS[venue]
+    path = Path(__file__).parent / "fixtures" / "recorded" / f"{venue}-seed{seed}.jsonl"
+    recorded = path.read_text().splitlines()
+    assert record_session(venue, seed=seed, steps=400) == recorded, (
+        f"the simulator's {venue} frames changed; if on purpose, re-record with "
+        f"statekeeper.simulator.recording.record_session({venue!r}, seed={seed}, steps=400)"
+    )
+    assert len(kinds(recorded)) >= 5
