@@ -378,6 +378,7 @@ class ProtocolMessage(_Body):
     result: JsonValue = None
     error_code: int | str | None = None
     error_message: str | None = None
+    error_data: JsonValue = None
 
 
 class SessionOpened(_Body):

@@ -87,5 +87,7 @@ def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO"
     root.setLevel(level)
     # Libraries that are chatty at INFO stay at WARNING unless we debug.
     quiet = logging.WARNING if level != "DEBUG" else logging.DEBUG
-    for name in ("pgserver", "asyncio", "alembic.runtime.migration"):
+    for name in ("pgserver", "asyncio", "alembic.runtime.migration", "aiohttp.access"):
         logging.getLogger(name).setLevel(max(quiet, logging.getLogger(name).level))
+    # websockets logs frames at DEBUG, credentials included (a Paradex auth frame carries its JWT): never that.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, quiet))

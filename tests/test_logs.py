@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from statekeeper.logs import JsonFormatter, TextFormatter, register_secret
+from statekeeper.logs import JsonFormatter, TextFormatter, configure_logging, register_secret
 
 SECRET = "pk-test-0b1e2c3d4e5f"
 
@@ -42,3 +42,11 @@ def test_registered_secrets_are_masked_everywhere() -> None:
         line = formatter.format(rec)
         assert SECRET not in line
         assert "***" in line
+
+
+def test_websockets_never_logs_frames() -> None:
+    configure_logging("text", "DEBUG")
+    try:
+        assert not logging.getLogger("websockets").isEnabledFor(logging.DEBUG)
+    finally:
+        configure_logging("text", "INFO")

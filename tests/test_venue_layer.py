@@ -349,3 +349,11 @@ async def test_websocket_handshake_outcomes() -> None:
         await connection.close()
     with pytest.raises(RetryableVenueError, match="cannot connect"):
         await open_websocket(f"ws://127.0.0.1:{port}/ok", venue="testvenue", open_timeout=2)
+
+
+async def test_per_call_headers_add_to_the_clients(server: Callable[[Handler], Awaitable[str]]) -> None:
+    handler, seen = scripted((200, "{}", {}))
+    async with client(await server(handler), Sleeps()) as http:
+        await http.get("/user/balance", headers={"Authorization": "Bearer rotating"})
+    assert seen[0].headers["Authorization"] == "Bearer rotating"
+    assert seen[0].headers["X-Api-Key"] == SECRET

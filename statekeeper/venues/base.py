@@ -89,6 +89,7 @@ class Page(Generic[T]):
     items: tuple[Item[T], ...]
     cursor: str | None
 
+
 MAX_REASON = 500
 
 

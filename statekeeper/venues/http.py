@@ -126,10 +126,19 @@ class VenueHttpClient:
         return self.base_url.rstrip("/") + "/" + path.lstrip("/")
 
     async def get(
-        self, path: str, params: Params | None = None, *, ok_statuses: Collection[int] = (200,)
+        self,
+        path: str,
+        params: Params | None = None,
+        *,
+        ok_statuses: Collection[int] = (200,),
+        headers: Mapping[str, str] | None = None,
     ) -> HttpResponse:
-        """GET ``path`` (relative to the base URL), retrying what is worth retrying."""
+        """GET ``path`` (relative to the base URL), retrying what is worth retrying.
+
+        ``headers`` add to (or override) the client's own for this call, e.g. a bearer token that rotates.
+        """
         url = self.url(path)
+        request_headers = {"User-Agent": USER_AGENT, **self.headers, **(headers or {})}
         where = f"{self.venue} GET {path}"
         last_problem = "no attempt made"
         for attempt in range(1, self.retry.attempts + 1):
@@ -138,13 +147,13 @@ class VenueHttpClient:
                 async with self._session().get(
                     url,
                     params=dict(params or {}),
-                    headers={"User-Agent": USER_AGENT, **self.headers},
+                    headers=request_headers,
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
                     allow_redirects=False,
                 ) as response:
                     body = await response.read()
                     status = response.status
-                    headers = dict(response.headers.items())
+                    answer_headers = dict(response.headers.items())
             except TimeoutError:
                 last_problem = f"no answer within {self.timeout:g} s"
                 delay = self.retry.backoff(attempt, self.rng)
@@ -152,7 +161,7 @@ class VenueHttpClient:
                 last_problem = f"{type(exc).__name__}: {exc}"
                 delay = self.retry.backoff(attempt, self.rng)
             else:
-                answer = HttpResponse(status, body, headers, url, time.monotonic() - started)
+                answer = HttpResponse(status, body, answer_headers, url, time.monotonic() - started)
                 if status in ok_statuses:
                     return answer
                 excerpt = answer.text[:MAX_ERROR_BODY]
@@ -163,7 +172,7 @@ class VenueHttpClient:
                         status=status,
                     )
                 if status == 429:
-                    waited = retry_after_seconds(headers.get("Retry-After"))
+                    waited = retry_after_seconds(answer_headers.get("Retry-After"))
                     last_problem = "HTTP 429 (rate limited)"
                     if waited is not None and waited > self.retry.max_retry_after:
                         raise RetryableVenueError(
