@@ -132,7 +132,7 @@ async def paradex_stream(sim: Simulator, account: str = "a", channels: tuple[str
 
 
 def expected_frames(sim: Simulator, account: str, changes: list[Any]) -> int:
-    return sum(len(sim.server.messages(c)) for c in changes if c.account == account)
+    return sum(sim.server.frames_for(c) for c in changes if c.account == account)
 
 
 # ------------------------------------------------------------------------------------------------ Extended

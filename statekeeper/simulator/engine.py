@@ -229,12 +229,17 @@ class SimAccount:
 
 @dataclass(frozen=True)
 class Change:
-    """One thing a venue would publish on the account stream. ``payload`` is the engine's record."""
+    """One thing a venue would publish on the account stream. ``payload`` is the engine's record.
+
+    ``seq_no`` is the update number the venue gives this publication (Paradex: every update of an order, a
+    position or the account summary gets a new, increasing ``seq_no``).
+    """
 
     account: str
     kind: ChangeKind
     payload: SimOrder | SimFill | SimPosition | SimAccount | SimFunding | SimTransfer
     at_ms: int
+    seq_no: int = 0
 
 
 @dataclass(frozen=True)
@@ -488,18 +493,24 @@ class Engine:
         ]
 
     def _publish_positions(self, account: SimAccount) -> list[Change]:
-        """Mark prices moved: the venue republishes positions and the balance."""
-        changes = [
-            self._change(account, ChangeKind.POSITION, account.positions[m])
-            for m in sorted(account.positions)
-            if account.positions[m].size != 0
-        ]
+        """Mark prices moved: the venue republishes positions (each a new update) and the balance."""
+        changes = []
+        for market in sorted(account.positions):
+            position = account.positions[market]
+            if position.size != 0:
+                position.updated_ms = self.now_ms
+                position.seq_no = account.next_seq_no(self.now_ms)
+                changes.append(self._change(account, ChangeKind.POSITION, position))
         if changes:
             account.balance_updated_ms = self.now_ms
             changes.append(self._change(account, ChangeKind.BALANCE, account))
         return changes
 
     def _change(self, account: SimAccount, kind: ChangeKind, payload: object) -> Change:
+        if kind is ChangeKind.BALANCE:  # a new account update: a new seq_no
+            return Change(account.name, kind, account, self.now_ms, account.next_seq_no(self.now_ms))
+        if isinstance(payload, SimOrder | SimPosition):
+            return Change(account.name, kind, payload, self.now_ms, payload.seq_no)
         return Change(account.name, kind, payload, self.now_ms)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------ drift

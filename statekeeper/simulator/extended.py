@@ -10,8 +10,9 @@ history. Field names follow the official SDK where docs and SDK disagree (``expi
 ``createdTime`` on orders and trades, ``createdAt``/``updatedAt`` on positions); trades carry ``externalOrderId``
 on the stream and ``externalId`` over REST, as in the docs' examples.
 
-Assumption to verify against the live venue: ``fundingFee`` is what the account was charged (positive: the
-account paid), the reading of "fee" in Extended's realised-PnL breakdown.
+Assumption to verify against the live venue: ``fundingFee`` is signed from the account's side (positive: the
+account received funding), as a third-party client reads it; Extended's docs only call it the "funding payment
+size" and show ``"0"``.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class ExtendedServer(VenueServer):
             "size": str(abs(payment.position_size)),
             "value": str(q(abs(payment.position_size) * payment.mark_price)),
             "markPrice": str(payment.mark_price),
-            "fundingFee": str(-payment.amount),  # what the account was charged: positive when it paid
+            "fundingFee": str(payment.amount),  # signed from the account's side: negative when it paid
             "fundingRate": str(payment.rate),
             "paidTime": payment.paid_ms,
         }

@@ -141,7 +141,7 @@ class ParadexServer(VenueServer):
             "closed_at": 0 if position.size else position.updated_ms,
         }
 
-    def account_json(self, account: SimAccount) -> dict[str, Any]:
+    def account_json(self, account: SimAccount, seq_no: int | None = None) -> dict[str, Any]:
         summary = self.engine.summary_of(account)
         assert summary.updated_at is not None
 
@@ -158,7 +158,7 @@ class ParadexServer(VenueServer):
             "total_collateral": s(summary.total_collateral),
             "settlement_asset": "USDC",
             "status": "ACTIVE",
-            "seq_no": account.seq_no,
+            "seq_no": account.seq_no if seq_no is None else seq_no,
             "updated_at": int(summary.updated_at.timestamp() * 1000),
         }
 
@@ -239,7 +239,7 @@ class ParadexServer(VenueServer):
                 assert isinstance(payload, SimPosition)
                 return [("positions", None, self.position_json(account, payload))]
             case ChangeKind.BALANCE:
-                return [("account", None, self.account_json(account))]
+                return [("account", None, self.account_json(account, change.seq_no))]
             case ChangeKind.FUNDING:
                 assert isinstance(payload, SimFunding)
                 return [("funding_payments", payload.market, self.funding_json(account, payload))]
@@ -252,6 +252,9 @@ class ParadexServer(VenueServer):
 
     def messages(self, change: Change) -> list[dict[str, Any]]:
         raise NotImplementedError("Paradex publishes per subscription: see publish()")
+
+    def frames_for(self, change: Change) -> int:
+        return len(self.notifications(change))
 
     def publish(self, changes: Any) -> None:
         for change in changes:

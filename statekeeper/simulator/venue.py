@@ -74,6 +74,10 @@ class VenueServer:
     def error(self, status: int, code: str, message: str) -> web.Response:
         raise NotImplementedError
 
+    def frames_for(self, change: Change) -> int:
+        """How many frames a client subscribed to everything receives for ``change``."""
+        return len(self.messages(change))
+
     def accepts(self, connection: StreamConnection, message: dict[str, Any]) -> bool:
         """Whether ``connection`` receives ``message`` (venues with subscriptions filter here)."""
         return True
