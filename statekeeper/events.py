@@ -6,7 +6,8 @@ them, and projectors, reconciliation and replay read them back.
 Rules the models enforce, so that nothing downstream has to check them again:
 
 * money and quantities are :class:`~decimal.Decimal` (never ``float``; ``NaN`` and infinities are refused) and
-  are written to JSON as strings, exactly as received;
+  are written to JSON as strings, exactly: the same digits and exponent as received, in Python's notation
+  (``"0.0000000000000000"`` is written ``"0E-16"``, which PostgreSQL's ``numeric`` reads as the same value);
 * times are timezone-aware and converted to UTC; a naive datetime is an error;
 * venue ids are strings (Extended's ids reach 2**63 and beyond a signed BIGINT);
 * an event has one *key*, unique per account: ``seq:<session>:<seq>`` where the venue numbers its frames, otherwise
