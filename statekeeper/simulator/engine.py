@@ -167,10 +167,29 @@ class SimPosition:
     updated_ms: int
     realised_pnl: Decimal = ZERO
     seq_no: int = 0
+    max_size: Decimal = ZERO  # the largest absolute size it reached
+    fees: Decimal = ZERO  # trading fees paid on it
 
     @property
     def side(self) -> PositionSide:
         return PositionSide.LONG if self.size >= 0 else PositionSide.SHORT
+
+
+@dataclass(frozen=True)
+class ClosedPosition:
+    """A position that went back to zero: what the venue's position history shows."""
+
+    position_id: int
+    market: str
+    side: PositionSide
+    max_size: Decimal
+    open_price: Decimal
+    exit_price: Decimal
+    realised_pnl: Decimal
+    fees: Decimal
+    funding: Decimal
+    created_ms: int
+    closed_ms: int
 
 
 @dataclass
@@ -208,6 +227,7 @@ class SimAccount:
     positions: dict[str, SimPosition] = field(default_factory=dict)
     funding: list[SimFunding] = field(default_factory=list)
     transfers: list[SimTransfer] = field(default_factory=list)
+    closed_positions: list[ClosedPosition] = field(default_factory=list)
     balance_updated_ms: int = 0
     seq_no: int = 0
 
@@ -402,14 +422,14 @@ class Engine:
         signed = fill.qty if fill.side is Side.BUY else -fill.qty
         position = account.positions.get(fill.market)
         if position is None or position.size == 0:
-            if position is None:
-                position = SimPosition(self._id(), fill.market, ZERO, fill.price, self.now_ms, self.now_ms)
-                account.positions[fill.market] = position
-            position.size, position.entry_price = signed, fill.price
-            position.updated_ms = self.now_ms
+            # a new position (a closed one keeps its id in the history; the venue numbers the next afresh)
+            position = SimPosition(self._id(), fill.market, signed, fill.price, self.now_ms, self.now_ms)
+            position.max_size, position.fees = abs(signed), fill.fee
             position.seq_no = account.next_seq_no(self.now_ms)
+            account.positions[fill.market] = position
             return ZERO
         realised = ZERO
+        position.fees += fill.fee
         if (position.size > 0) == (signed > 0):  # adding to the position
             total = position.size + signed
             position.entry_price = q((position.entry_price * position.size + fill.price * signed) / total, PRICE_STEP)
@@ -418,11 +438,20 @@ class Engine:
             closing = min(abs(signed), abs(position.size))
             direction = 1 if position.size > 0 else -1
             realised = q((fill.price - position.entry_price) * closing * direction)
+            opened_at = position.entry_price
             position.size += signed
+            if position.size == 0 or (position.size > 0) != (direction > 0):
+                account.closed_positions.append(ClosedPosition(
+                    position.position_id, position.market, PositionSide.LONG if direction > 0 else PositionSide.SHORT,
+                    position.max_size, opened_at, fill.price, q(position.realised_pnl + realised), q(position.fees),
+                    q(sum((p.amount for p in account.funding if p.position_id == position.position_id), ZERO)),
+                    position.created_ms, self.now_ms,
+                ))  # fmt: skip
             if position.size == 0:
                 position.entry_price = ZERO
             elif (position.size > 0) != (direction > 0):  # flipped: the rest opens at the fill price
                 position.entry_price = fill.price
+        position.max_size = max(position.max_size, abs(position.size))
         position.realised_pnl += realised
         position.updated_ms = self.now_ms
         position.seq_no = account.next_seq_no(self.now_ms)

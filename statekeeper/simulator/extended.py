@@ -29,6 +29,7 @@ from statekeeper.simulator.engine import (
     ZERO,
     Change,
     ChangeKind,
+    ClosedPosition,
     Engine,
     SimAccount,
     SimFill,
@@ -44,6 +45,13 @@ STREAM_PATH = "/stream.extended.exchange/v1/account"
 REST_PREFIX = "/api/v1"
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "UNTRIGGERED")
 EXPIRY_MS = 30 * 24 * 3600 * 1000
+STATUS_REASONS = frozenset({
+    "NONE", "UNKNOWN_MARKET", "DISABLED_MARKET", "NOT_ENOUGH_FUNDS", "NO_LIQUIDITY", "INVALID_FEE", "INVALID_QTY",
+    "INVALID_PRICE", "INVALID_VALUE", "UNKNOWN_ACCOUNT", "SELF_TRADE_PROTECTION", "POST_ONLY_FAILED",
+    "REDUCE_ONLY_FAILED", "INVALID_EXPIRE_TIME", "POSITION_TPSL_CONFLICT", "INVALID_LEVERAGE", "PREV_ORDER_NOT_FOUND",
+    "PREV_ORDER_TRIGGERED", "TPSL_OTHER_SIDE_FILLED", "PREV_ORDER_CONFLICT", "ORDER_REPLACED", "POST_ONLY_MODE",
+    "REDUCE_ONLY_MODE", "TRADING_OFF_MODE",
+})  # fmt: skip
 MAX_LIMIT = 10_000
 
 
@@ -82,7 +90,7 @@ class ExtendedServer(VenueServer):
             "expiryTime": order.created_ms + EXPIRY_MS,
             "timeInForce": "GTT",
         }
-        if order.status_reason:
+        if order.status_reason in STATUS_REASONS:  # a user's cancel has no reason in Extended's vocabulary
             data["statusReason"] = order.status_reason
         return data
 
@@ -148,6 +156,29 @@ class ExtendedServer(VenueServer):
             "adl": 1,
             "createdAt": position.created_ms,
             "updatedAt": position.updated_ms,
+        }
+
+    def position_history_json(self, account: SimAccount, closed: ClosedPosition) -> dict[str, Any]:
+        return {
+            "id": closed.position_id,
+            "accountId": self.account_id(account),
+            "market": closed.market,
+            "side": closed.side.value,
+            "leverage": str(LEVERAGE),
+            "size": "0",
+            "maxPositionSize": str(closed.max_size),
+            "openPrice": str(closed.open_price),
+            "exitType": "TRADE",
+            "exitPrice": str(closed.exit_price),
+            "realisedPnl": str(q(closed.realised_pnl - closed.fees + closed.funding)),
+            "realisedPnlBreakdown": {
+                "tradePnl": str(closed.realised_pnl),
+                "fundingFees": str(closed.funding),
+                "openFees": str(-closed.fees),
+                "closeFees": "0",
+            },
+            "createdTime": closed.created_ms,
+            "closedTime": closed.closed_ms,
         }
 
     def funding_json(self, account: SimAccount, payment: SimFunding) -> dict[str, Any]:
@@ -242,6 +273,7 @@ class ExtendedServer(VenueServer):
             web.get(STREAM_PATH, self.stream),
             web.get(f"{REST_PREFIX}/user/balance", self.rest(self.get_balance)),
             web.get(f"{REST_PREFIX}/user/positions", self.rest(self.get_positions)),
+            web.get(f"{REST_PREFIX}/user/positions/history", self.rest(self.get_positions_history)),
             web.get(f"{REST_PREFIX}/user/orders", self.rest(self.get_open_orders)),
             web.get(f"{REST_PREFIX}/user/orders/history", self.rest(self.get_orders_history)),
             web.get(f"{REST_PREFIX}/user/orders/{{order_id}}", self.rest(self.get_order)),
@@ -290,6 +322,15 @@ class ExtendedServer(VenueServer):
             if p.size != 0 and market in (None, p.market) and side in (None, p.side.value)
         ]
         return self.ok(positions)
+
+    async def get_positions_history(self, request: web.Request, account: SimAccount) -> web.Response:
+        market, side = request.query.get("market"), request.query.get("side")
+        closed = [
+            (c.position_id, self.position_history_json(account, c))
+            for c in account.closed_positions
+            if market in (None, c.market) and side in (None, c.side.value)
+        ]
+        return self.page(request, closed)
 
     async def get_open_orders(self, request: web.Request, account: SimAccount) -> web.Response:
         market, side = request.query.get("market"), request.query.get("side")
@@ -351,6 +392,7 @@ class ExtendedServer(VenueServer):
                 "l2Key": f"0x{account.number:064x}",
                 "l2Vault": str(100_000 + account.number),
                 "accountId": self.account_id(account),
+                "accountIndex": account.number - 1,
                 "description": account.name,
                 "bridgeStarknetAddress": f"0x{account.number:063x}1",
             }

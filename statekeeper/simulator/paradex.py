@@ -375,6 +375,7 @@ class ParadexServer(VenueServer):
             web.get(f"{PREFIX}/account", self.rest(self.get_account)),
             web.get(f"{PREFIX}/transfers", self.rest(self.get_transfers)),
             web.get(f"{PREFIX}/tradebusts", self.rest(self.get_tradebusts)),
+            web.get(f"{PREFIX}/transactions", self.rest(self.get_transactions)),
         ]
 
     def error(self, status: int, code: str, message: str) -> web.Response:
@@ -447,6 +448,21 @@ class ParadexServer(VenueServer):
 
     async def get_transfers(self, request: web.Request, account: SimAccount) -> web.Response:
         keyed = [(t.updated_ms, t.transfer_id, self.transfer_json(account, t)) for t in account.transfers]
+        return self.page(request, keyed)
+
+    async def get_transactions(self, request: web.Request, account: SimAccount) -> web.Response:
+        """The on-chain settlement of each fill: accepted, or reverted when the fill was busted."""
+        keyed = [
+            (f.created_ms, f.fill_id, {
+                "id": str(f.fill_id),
+                "type": "TRANSACTION_FILL",
+                "state": "REVERTED" if f.busted else "ACCEPTED_ON_L2",
+                "hash": "0x" + hashlib.sha256(f"tx/{f.fill_id}".encode()).hexdigest()[:63],
+                "created_at": f.created_ms,
+                "completed_at": f.busted_ms if f.busted else f.created_ms + 1500,
+            })
+            for f in account.fills
+        ]  # fmt: skip
         return self.page(request, keyed)
 
     async def get_tradebusts(self, request: web.Request, account: SimAccount) -> web.Response:
