@@ -311,7 +311,7 @@ async def test_funding_since_a_time(client: ExtendedRestClient, venue: FakeExten
 async def test_a_cursor_that_comes_back_stops_the_iteration(client: ExtendedRestClient, venue: FakeExtended) -> None:
     same = orjson.dumps({"status": "OK", "data": [trade(TRADE_IDS[0])], "pagination": {"cursor": 5, "count": 1}})
     venue.script("/user/trades", (200, same, {}), (200, same, {}), (200, same, {}))
-    with pytest.raises(VenueResponseError, match="came back twice"):
+    with pytest.raises(VenueResponseError, match=r"cursor .* came back"):
         _ = [item async for item in client.trades_since(None)]
 
 

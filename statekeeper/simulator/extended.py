@@ -342,10 +342,7 @@ class ExtendedServer(VenueServer):
         return self.ok(sorted(orders, key=lambda o: o["id"], reverse=True))
 
     async def get_order(self, request: web.Request, account: SimAccount) -> web.Response:
-        try:
-            order = account.orders.get(int(request.match_info["order_id"]))
-        except ValueError:
-            order = None
+        order = self.order_of(request, account)
         if order is None:
             return self.error(404, "NOT_FOUND", "order not found")
         return self.ok(self.order_json(account, order))

@@ -415,10 +415,7 @@ class ParadexServer(VenueServer):
         return self.json({"results": sorted(results, key=lambda o: int(o["id"]), reverse=True)})
 
     async def get_order(self, request: web.Request, account: SimAccount) -> web.Response:
-        try:
-            order = account.orders.get(int(request.match_info["order_id"]))
-        except ValueError:
-            order = None
+        order = self.order_of(request, account)
         if order is None:
             return self.error(404, "ORDER_NOT_FOUND", "order not found")
         return self.json(self.order_json(account, order))

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import WSMsgType, web
 
-from statekeeper.simulator.engine import Change, Engine, SimAccount
+from statekeeper.simulator.engine import Change, Engine, SimAccount, SimOrder
 from statekeeper.simulator.faults import FaultKind, FaultPlan
 from statekeeper.simulator.server import Numbering, RestFaults, SentFrames, StreamConnection
 
@@ -175,6 +175,14 @@ class VenueServer:
                     connection.dice.trigger(kind, count)
 
     # ------------------------------------------------------------------------------------------ REST
+
+    @staticmethod
+    def order_of(request: web.Request, account: SimAccount) -> SimOrder | None:
+        """The order a ``/…/orders/{order_id}`` request names, if the account has it."""
+        try:
+            return account.orders.get(int(request.match_info["order_id"]))
+        except ValueError:
+            return None
 
     def json(self, body: Any, status: int = 200) -> web.Response:
         return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")

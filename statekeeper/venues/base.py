@@ -14,7 +14,7 @@ frame can never end a stream (invariant 1); the caller stores the rejection in `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from statekeeper.events import Event, RejectedFrame, Source
+from statekeeper.venues.errors import VenueResponseError
 from statekeeper.venues.wire import WireError, parse_json_with
 
 
@@ -88,6 +89,31 @@ class Page(Generic[T]):
 
     items: tuple[Item[T], ...]
     cursor: str | None
+
+
+async def follow_pages(
+    fetch: Callable[[str | None], Awaitable[Page[T]]], *, venue: str, what: str, empty_page_ends: bool = False
+) -> AsyncIterator[Item[T]]:
+    """The items of every page, following cursors from the first page (``fetch(None)``).
+
+    The walk ends on a page without a cursor, and also on a page without items when ``empty_page_ends`` (venues
+    that hand out a cursor on every page). A cursor that comes back is an error, not an endless loop.
+    """
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        page = await fetch(cursor)
+        for item in page.items:
+            yield item
+        if page.cursor is None or (empty_page_ends and not page.items):
+            return
+        if page.cursor in seen:
+            raise VenueResponseError(
+                f"{venue} {what}: the pagination cursor {page.cursor!r} came back; stopping instead of looping",
+                venue=venue,
+            )
+        seen.add(page.cursor)
+        cursor = page.cursor
 
 
 MAX_REASON = 500

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from statekeeper.events import validation_message
 
 T = TypeVar("T")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Below this a numeric timestamp is taken as seconds, at or above it as milliseconds (10**11 s is year 5138).
 SECONDS_LIMIT = 10**11
@@ -148,6 +150,13 @@ def timestamp(value: Any, where: str) -> datetime:
         return datetime.fromtimestamp(int(number) // 1000, UTC).replace(microsecond=(int(number) % 1000) * 1000)
     except (OverflowError, OSError, ValueError):
         raise WireError(f"{where}: timestamp {number} is out of range") from None
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Epoch milliseconds of an aware datetime, exactly (a float timestamp can be off by one): query parameters."""
+    if moment.utcoffset() is None:
+        raise ValueError("a naive datetime is ambiguous: give a timezone-aware time")
+    return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def optional_timestamp(value: Any, where: str) -> datetime | None:

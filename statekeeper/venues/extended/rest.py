@@ -14,8 +14,8 @@ venue may serve fewer items than asked for (asset operations come 50 to a page w
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Collection
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Self, TypeVar
 from urllib.parse import quote
@@ -24,7 +24,7 @@ import orjson
 from pydantic import SecretStr
 
 from statekeeper.events import Balance, Fill, FundingPayment, Order, Position, Transfer
-from statekeeper.venues.base import Item, Page
+from statekeeper.venues.base import Item, Page, follow_pages
 from statekeeper.venues.errors import VenueResponseError
 from statekeeper.venues.extended import wire as x
 from statekeeper.venues.extended.parse import (
@@ -40,6 +40,7 @@ from statekeeper.venues.extended.parse import (
     parse_trades,
 )
 from statekeeper.venues.http import HttpResponse, Params, RetryPolicy, VenueHttpClient
+from statekeeper.venues.wire import epoch_ms
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class ExtendedRestClient:
         async def page(cursor: str | None) -> Page[Fill]:
             return await self.trades(cursor=cursor, limit=limit, market=market)
 
-        async for item in _pages(page, "trades"):
+        async for item in follow_pages(page, venue=x.VENUE, what="trades", empty_page_ends=True):
             if trade_id is not None and not _newer(item.record.fill_id, trade_id):
                 return
             yield item
@@ -217,7 +218,7 @@ class ExtendedRestClient:
 
         ``amount`` keeps the venue's sign, which Extended does not document (see :mod:`.parse`).
         """
-        params = _params(fromTime=_epoch_ms(from_time), market=market, side=side, cursor=cursor, limit=limit)
+        params = _params(fromTime=epoch_ms(from_time), market=market, side=side, cursor=cursor, limit=limit)
         return parse_funding_history((await self._get(x.PATH_FUNDING_HISTORY, params)).body)
 
     async def funding_since(
@@ -228,7 +229,7 @@ class ExtendedRestClient:
         async def page(cursor: str | None) -> Page[FundingPayment]:
             return await self.funding_history(from_time, market=market, cursor=cursor, limit=limit)
 
-        async for item in _pages(page, "funding history"):
+        async for item in follow_pages(page, venue=x.VENUE, what="funding history", empty_page_ends=True):
             yield item
 
     async def asset_operations(
@@ -251,26 +252,8 @@ class ExtendedRestClient:
         async def page(cursor: str | None) -> Page[Transfer]:
             return await self.asset_operations(operation_type=operation_type, status=status, cursor=cursor)
 
-        async for item in _pages(page, "asset operations"):
+        async for item in follow_pages(page, venue=x.VENUE, what="asset operations", empty_page_ends=True):
             yield item
-
-
-async def _pages(fetch: Callable[[str | None], Awaitable[Page[T]]], what: str) -> AsyncIterator[Item[T]]:
-    """Items of every page, following cursors until a page has no items or no cursor."""
-    cursor: str | None = None
-    seen: set[str] = set()
-    while True:
-        page = await fetch(cursor)
-        for item in page.items:
-            yield item
-        if not page.items or page.cursor is None:
-            return
-        if page.cursor in seen:
-            raise VenueResponseError(
-                f"extended {what}: the pagination cursor {page.cursor!r} came back twice; stopping", venue=x.VENUE
-            )
-        seen.add(page.cursor)
-        cursor = page.cursor
 
 
 def _newer(item_id: str, known_id: str) -> bool:
@@ -278,13 +261,6 @@ def _newer(item_id: str, known_id: str) -> bool:
     if item_id.isdigit() and known_id.isdigit():
         return int(item_id) > int(known_id)
     return item_id != known_id
-
-
-def _epoch_ms(when: datetime) -> int:
-    """Epoch milliseconds, exactly (a float timestamp can be off by one)."""
-    if when.utcoffset() is None:
-        raise ValueError("from_time must be timezone-aware")
-    return (when - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _params(**values: str | int | None) -> Params:

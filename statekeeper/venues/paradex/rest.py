@@ -15,16 +15,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final, Self, TypeVar
 
 from statekeeper.events import AccountSummary, Balance, Fill, FillBust, FundingPayment, Order, Position, Transfer
-from statekeeper.venues.base import Item, Page
-from statekeeper.venues.errors import FatalVenueError, VenueResponseError
+from statekeeper.venues.base import Item, Page, follow_pages
+from statekeeper.venues.errors import FatalVenueError
 from statekeeper.venues.http import MAX_ERROR_BODY, VenueHttpClient
 from statekeeper.venues.paradex import parse
 from statekeeper.venues.paradex.auth import TokenProvider
 from statekeeper.venues.paradex.wire import DEFAULT_PAGE_SIZE, VENUE, RestPath, order_path
+from statekeeper.venues.wire import epoch_ms
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +33,6 @@ T = TypeVar("T")
 Query = dict[str, str | int]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch, as Paradex's ``start_at``/``end_at`` take them. The time must be aware."""
-    if moment.tzinfo is None:
-        raise ValueError("a naive datetime is ambiguous: give a timezone-aware time")
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 class ParadexRestClient:
@@ -101,26 +95,16 @@ class ParadexRestClient:
             status=401,
         )
 
-    async def _pages(self, path: str, query: Query, parser: Callable[[bytes], Page[T]]) -> AsyncIterator[Item[T]]:
-        """The items of every page, following ``next`` (the same shape as the other venues' iterators)."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
+    def _pages(self, path: str, query: Query, parser: Callable[[bytes], Page[T]]) -> AsyncIterator[Item[T]]:
+        """The items of every page of ``path``, following ``next`` (the end is a null ``next``)."""
+
+        async def fetch(cursor: str | None) -> Page[T]:
             params: Query = {**query, "page_size": self._page_size}
             if cursor is not None:
                 params["cursor"] = cursor
-            page = parser(await self.get(path, params))
-            for item in page.items:
-                yield item
-            if page.cursor is None:
-                return
-            if page.cursor in seen:
-                raise VenueResponseError(
-                    f"{VENUE} GET {path}: the next cursor repeats an earlier one; stopping instead of looping",
-                    venue=VENUE,
-                )
-            seen.add(page.cursor)
-            cursor = page.cursor
+            return parser(await self.get(path, params))
+
+        return follow_pages(fetch, venue=VENUE, what=f"GET {path}")
 
     # ------------------------------------------------------------------------------------------ snapshots
 
