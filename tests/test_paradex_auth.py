@@ -163,19 +163,21 @@ async def test_short_lived_and_opaque_tokens() -> None:
 
 
 async def test_concurrent_callers_share_one_mint() -> None:
-    release = asyncio.Event()
+    minting, release = asyncio.Event(), asyncio.Event()
     calls = 0
     token = make_jwt(1_800_000_300)
 
     async def slow_mint() -> str:
         nonlocal calls
         calls += 1
+        minting.set()
         await release.wait()
         return token
 
     provider = SdkTokenProvider(slow_mint, clock=Clock())
     waiting = [asyncio.create_task(provider.token()) for _ in range(5)]
-    await asyncio.sleep(0)  # let every caller reach the lock
+    await asyncio.wait_for(minting.wait(), timeout=10)  # the first caller is minting; the others are queued behind it
+    assert not any(task.done() for task in waiting)
     release.set()
     results = await asyncio.wait_for(asyncio.gather(*waiting), timeout=10)
     assert {r.get_secret_value() for r in results} == {token}
