@@ -206,16 +206,45 @@ def config_check(config: ConfigOption = None) -> None:
     )
     table.add_row("reconcile.interval_seconds", f"{settings.reconcile.interval_seconds:g}")
     table.add_row("log", f"{settings.log.format}, {settings.log.level}")
+    ingest = settings.ingest
+    table.add_row(
+        "ingest",
+        escape(
+            f"metrics on {ingest.metrics_host}:{ingest.metrics_port}, queue {ingest.queue_size}, "
+            f"grace {ingest.shutdown_grace_seconds:g} s, fallback after {ingest.fallback_after_failures} failures, "
+            f"poll every {ingest.poll_interval_seconds:g} s, "
+            f"funding poll every {ingest.funding_poll_interval_seconds:g} s"
+        ),
+    )
     for account in settings.accounts:
         table.add_row(
             f"account {account.name}",
             escape(
-                f"{account.venue}, credential from ${account.api_key_env} (set)"
+                f"{account.venue} ({account.mode}), credential from ${account.api_key_env} (set)"
                 + (f", ws {account.ws_url}" if account.ws_url else "")
                 + (f", rest {account.rest_url}" if account.rest_url else "")
             ),
         )
     out.print(table)
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+@app.command("run")
+def run(
+    config: ConfigOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """The ingest daemon: stream every configured account into the event log until stopped (SIGTERM, Ctrl-C)."""
+    from statekeeper.database import database_target  # noqa: PLC0415
+    from statekeeper.ingest.daemon import Daemon  # noqa: PLC0415
+
+    async def go(settings: Settings) -> None:
+        async with database_target(settings.database) as target:
+            await Daemon(settings, target.url).run()
+
+    run_command(go, config, log_format=log_format, require_secrets=True)
 
 
 # ---------------------------------------------------------------------------------------------- demo

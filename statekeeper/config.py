@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -114,6 +115,11 @@ class AccountSettings(_Section):
         description="Name of the environment variable that holds the credential "
         "(Extended: the API key; Paradex: a JWT, such as a read-only token).",
     )
+    mode: Literal["stream", "rest"] = Field(
+        default="stream",
+        description="stream: the private WebSocket stream (REST for snapshots, backfills and fallback); "
+        "rest: REST polling only, for a venue or account without a usable stream.",
+    )
     ws_url: WebSocketUrl | None = Field(default=None, description="Override of the venue's stream URL.")
     rest_url: HttpUrl | None = Field(default=None, description="Override of the venue's REST base URL.")
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
@@ -133,6 +139,53 @@ class ReconcileSettings(_Section):
     """Periodic verification against the venues' REST APIs."""
 
     interval_seconds: float = Field(default=60.0, gt=0, le=86_400, description="Seconds between passes.")
+
+
+class IngestSettings(_Section):
+    """The ingest daemon (``statekeeper run``)."""
+
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the /healthz and /metrics server.")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="Its port; 0 picks a free one.")
+    queue_size: int = Field(
+        default=50_000, ge=100, le=10_000_000,
+        description="Frames buffered per account while the database is slow or down; past it, the session ends "
+        "(recorded as a backpressure close) and is resynced once the buffer drains.",
+    )  # fmt: skip
+    batch_size: int = Field(default=2_000, ge=1, le=100_000, description="Most items appended in one transaction.")
+    shutdown_grace_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="On SIGTERM/SIGINT: time to flush and close sessions."
+    )
+    reconnect_initial_seconds: float = Field(default=0.5, gt=0, le=60, description="First reconnect delay ceiling.")
+    reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600, description="Longest reconnect delay.")
+    healthy_after_seconds: float = Field(
+        default=60.0, gt=0, le=86_400, description="A session up this long resets the reconnect backoff."
+    )
+    fallback_after_failures: int = Field(
+        default=5, ge=1, le=1000, description="Failed stream sessions in a row before REST polling takes over."
+    )
+    poll_interval_seconds: float = Field(
+        default=10.0, gt=0, le=86_400, description='REST polling period (mode = "rest" and the fallback).'
+    )
+    funding_poll_interval_seconds: float = Field(
+        default=3600.0, gt=0, le=86_400, description="Period of REST-only funding polls (Extended)."
+    )
+    backfill_from: AwareDatetime | None = Field(
+        default=None,
+        description="Where the first backfill of an account starts (an RFC 3339 time); default: all the history "
+        "the venue serves.",
+    )
+    drain_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=120, description="Time for a venue to finish closing a session being ended."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IngestSettings:
+        if self.reconnect_initial_seconds > self.reconnect_max_seconds:
+            raise ValueError(
+                f"reconnect_initial_seconds ({self.reconnect_initial_seconds:g}) is more than "
+                f"reconnect_max_seconds ({self.reconnect_max_seconds:g})"
+            )
+        return self
 
 
 class LogSettings(_Section):
@@ -159,6 +212,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     accounts: tuple[AccountSettings, ...] = ()
     reconcile: ReconcileSettings = ReconcileSettings()
+    ingest: IngestSettings = IngestSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -128,6 +128,7 @@ class CloseReason(StrEnum):
     FATAL = "fatal"
     BACKPRESSURE = "backpressure"
     ABANDONED = "abandoned"  # found open after the daemon that owned it died
+    STREAM_RESTORED = "stream_restored"  # a REST polling fallback ends: the stream is back
 
 
 class SequenceProblem(StrEnum):
@@ -382,6 +383,13 @@ class ProtocolMessage(_Body):
     error_data: JsonValue = None
 
 
+class LedgerMark(_Model):
+    """Where a ledger is complete up to: the latest item (its time and venue id) before which none is missing."""
+
+    time: UtcDatetime | None = None
+    id: str | None = None
+
+
 class SessionOpened(_Body):
     kind: Literal[EventKind.SESSION_OPENED] = EventKind.SESSION_OPENED
     transport: Transport
@@ -394,6 +402,8 @@ class SessionClosed(_Body):
     reason: CloseReason
     detail: str | None = None
     last_seq: int | None = None
+    marks: dict[str, LedgerMark] | None = None
+    """Per ledger (fill, funding, transfer, bust), how far the log was complete when the session closed."""
 
 
 class GapDetected(_Body):
@@ -414,6 +424,8 @@ class ResyncCompleted(_Body):
     fills_backfilled: int = Field(ge=0, default=0)
     funding_backfilled: int = Field(ge=0, default=0)
     orders_resolved: int = Field(ge=0, default=0)
+    marks: dict[str, LedgerMark] | None = None
+    """Per ledger, how far the log is complete once the backfill is done: the next backfill starts there."""
 
 
 class ReconciliationPass(_Body):

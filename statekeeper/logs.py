@@ -14,6 +14,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -39,6 +42,30 @@ def mask_secrets(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+_context: ContextVar[dict[str, str]] = ContextVar("statekeeper_log_context", default={})  # noqa: B039 - never mutated
+
+
+@contextmanager
+def log_context(**values: str) -> Iterator[None]:
+    """Add ``account``, ``session`` (or any key) to every log line written in this block, and in the tasks it
+    starts (they inherit the context)."""
+    token = _context.set({**_context.get(), **values})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Fills the record's context keys from :func:`log_context` where the call did not give them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -80,6 +107,7 @@ def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO"
     """Send every log line to stderr in the chosen format (replacing earlier handlers)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -87,7 +115,7 @@ def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO"
     root.setLevel(level)
     # Libraries that are chatty at INFO stay at WARNING unless we debug.
     quiet = logging.WARNING if level != "DEBUG" else logging.DEBUG
-    for name in ("pgserver", "asyncio", "alembic.runtime.migration", "aiohttp.access"):
+    for name in ("pgserver", "asyncio", "alembic.runtime.migration", "alembic.runtime.plugins", "aiohttp.access"):
         logging.getLogger(name).setLevel(max(quiet, logging.getLogger(name).level))
     # websockets logs frames at DEBUG, credentials included (a Paradex auth frame carries its JWT): never that.
     logging.getLogger("websockets").setLevel(max(logging.INFO, quiet))

@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from statekeeper.config import load_settings, redact_url
 from statekeeper.database import database_target
 from statekeeper.errors import DatabaseError, MigrationError
+from statekeeper.events import CloseReason, Transport
 from statekeeper.schema import EVENTS_TRIGGERS, KINDS, SOURCES, metadata
 
 
@@ -124,7 +125,11 @@ _CHECK_LISTS = text(
     """
     SELECT conname, pg_get_constraintdef(oid) AS definition
     FROM pg_constraint
-    WHERE conrelid = to_regclass('events') AND contype = 'c' AND conname IN ('ck_events_kind', 'ck_events_source')
+    WHERE contype = 'c' AND (
+        (conrelid = to_regclass('events') AND conname IN ('ck_events_kind', 'ck_events_source'))
+        OR (conrelid = to_regclass('stream_sessions')
+            AND conname IN ('ck_stream_sessions_close_reason', 'ck_stream_sessions_transport'))
+    )
     """
 )
 _QUOTED = re.compile(r"'([^']*)'")
@@ -157,11 +162,16 @@ def _check(connection: Connection, problems: list[str]) -> None:
         f"schema differs from the declared metadata: {_describe_diff(d)}" for d in compare_metadata(context, metadata)
     )
     # Alembic does not compare CHECK constraints: compare the allowed kinds and sources with the enums here.
-    declared = {"ck_events_kind": set(KINDS), "ck_events_source": set(SOURCES)}
+    declared = {
+        "ck_events_kind": set(KINDS),
+        "ck_events_source": set(SOURCES),
+        "ck_stream_sessions_close_reason": {r.value for r in CloseReason},
+        "ck_stream_sessions_transport": {t.value for t in Transport},
+    }
     found = {row.conname: set(_QUOTED.findall(row.definition)) for row in connection.execute(_CHECK_LISTS)}
     for name, values in declared.items():
         if name not in found:
-            problems.append(f"check constraint {name} on events is missing")
+            problems.append(f"check constraint {name} is missing")
         elif found[name] != values:
             missing, extra = sorted(values - found[name]), sorted(found[name] - values)
             problems.append(f"check constraint {name} differs: missing {missing}, not declared {extra}")

@@ -106,6 +106,58 @@ ORDER BY account, id
 LIMIT $2
 """
 
+# ------------------------------------------------------------------------------------------ ingest
+
+# Session rows are written by the ingest daemon's writer in the same transaction as the session's control
+# events; both statements are idempotent, so a batch retried after a lost commit changes nothing twice.
+OPEN_SESSION = """
+INSERT INTO stream_sessions (account, session, venue, transport, url, owner, opened_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (account, session) DO NOTHING
+"""
+
+CLOSE_SESSION = """
+UPDATE stream_sessions
+SET closed_at = $3, close_reason = $4, close_detail = $5, last_seq = coalesce($6, last_seq)
+WHERE account = $1 AND session = $2 AND closed_at IS NULL
+"""
+
+OPEN_SESSIONS = """
+SELECT session, venue, transport, owner, opened_at
+FROM stream_sessions
+WHERE account = $1 AND closed_at IS NULL
+ORDER BY opened_at
+"""
+
+# The last seq stored for a session: its events are the account's latest, so the backward walk is short.
+LAST_SEQ_OF_SESSION = """
+SELECT seq FROM events
+WHERE account = $1 AND session = $2 AND seq IS NOT NULL
+ORDER BY id DESC
+LIMIT 1
+"""
+
+# The account's latest events of one kind (newest first), from which the ingest daemon resumes its backfills.
+LATEST_OF_KIND = """
+SELECT payload FROM events
+WHERE account = $1 AND kind = $2
+ORDER BY id DESC
+LIMIT $3
+"""
+
+# The ledger marks the last resync or session close recorded: where a restarted daemon resumes its backfills.
+LATEST_MARKS = """
+SELECT payload -> 'marks' AS marks FROM events
+WHERE account = $1 AND kind IN ('resync_completed', 'session_closed') AND payload ? 'marks'
+ORDER BY id DESC
+LIMIT 1
+"""
+
+# Claims: one daemon ingests an account at a time (a session-level advisory lock, released when its holder's
+# connection ends, so a killed daemon's accounts are free again at once).
+TRY_CLAIM_ACCOUNT = "SELECT pg_try_advisory_lock(21324, hashtext($1))"
+RELEASE_ACCOUNT = "SELECT pg_advisory_unlock(21324, hashtext($1))"
+
 ALL: dict[str, str] = {
     "take_append_lock": TAKE_APPEND_LOCK,
     "probe_keys": PROBE_KEYS,
@@ -118,4 +170,12 @@ ALL: dict[str, str] = {
     "get_checkpoint": GET_CHECKPOINT,
     "advance_checkpoint": ADVANCE_CHECKPOINT,
     "list_conflicts": LIST_CONFLICTS,
+    "open_session": OPEN_SESSION,
+    "close_session": CLOSE_SESSION,
+    "open_sessions": OPEN_SESSIONS,
+    "last_seq_of_session": LAST_SEQ_OF_SESSION,
+    "latest_of_kind": LATEST_OF_KIND,
+    "latest_marks": LATEST_MARKS,
+    "try_claim_account": TRY_CLAIM_ACCOUNT,
+    "release_account": RELEASE_ACCOUNT,
 }

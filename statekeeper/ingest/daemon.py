@@ -1,0 +1,308 @@
+"""``statekeeper run``: the ingest daemon, every configured account in one supervised task group.
+
+Each account gets a writer (:mod:`.writer`) and an ingest (:mod:`.account`), started once its claim is held
+(:mod:`.claims`). A local HTTP server answers ``/healthz`` and ``/metrics``. SIGTERM and SIGINT set one stop
+event: every session is closed with reason ``shutdown`` after reading what the venue had sent, every writer
+flushes, all within ``[ingest] shutdown_grace_seconds``; whatever is still unwritten then is counted in a loud
+error, never dropped quietly.
+
+Supervision: an account's ingest or writer that dies of an unexpected error is logged with its traceback and
+restarted (with a pause that grows); after :data:`MAX_RESTARTS` restarts within :data:`RESTART_WINDOW` seconds
+the daemon fails, loudly, with exit code 1. A refused credential stops that account only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from statekeeper.config import AccountSettings, Settings
+from statekeeper.database import create_pool
+from statekeeper.errors import ConfigError, MigrationError, StatekeeperError
+from statekeeper.eventlog import PostgresEventLog
+from statekeeper.ingest.account import AccountIngest, AccountState, IngestOptions
+from statekeeper.ingest.claims import AccountClaims
+from statekeeper.ingest.drivers import make_driver
+from statekeeper.ingest.metrics import IngestMetrics
+from statekeeper.ingest.writer import AccountWriter
+from statekeeper.logs import log_context
+from statekeeper.migrations import check as check_schema
+
+logger = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5
+RESTART_WINDOW = 300.0
+
+
+class DaemonFailed(StatekeeperError):
+    """A task kept dying: the daemon stops rather than run without it."""
+
+    exit_code = 1
+
+
+@dataclass
+class AccountRuntime:
+    """One account's parts, as the health endpoint and the supervisor see them."""
+
+    settings: AccountSettings
+    writer: AccountWriter
+    ingest: AccountIngest | None = None
+    claimed: bool = False
+    restarts: list[float] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _first_failure() -> Any:
+    """Raise a :class:`DaemonFailed` from the task group as itself (the CLI turns it into exit code 1)."""
+    try:
+        yield
+    except* DaemonFailed as group:
+        raise group.exceptions[0] from None
+
+
+class Daemon:
+    """The ingest daemon for ``settings`` against the database at ``database_url``."""
+
+    def __init__(self, settings: Settings, database_url: str, *, metrics: IngestMetrics | None = None) -> None:
+        self.settings = settings
+        self.url = database_url
+        self.metrics = metrics or IngestMetrics()
+        self.stop = asyncio.Event()
+        self.accounts: dict[str, AccountRuntime] = {}
+        self.port: int | None = None
+        """The port /healthz and /metrics are served on, once started."""
+        self.started = asyncio.Event()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._account_tasks: list[asyncio.Task[None]] = []
+
+    # ----------------------------------------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        """Run until :attr:`stop` is set (or a signal sets it), then drain within the grace period."""
+        problems = await check_schema(self.url)
+        if problems:
+            raise MigrationError("the database is not ready for the daemon:\n" + "\n".join(problems))
+        if not self.settings.accounts:
+            raise ConfigError("no accounts are configured: add [[accounts]] to the configuration file")
+        options = self.settings.ingest
+        pool = await create_pool(self.url, max_size=max(2, self.settings.database.pool_size))
+        log = PostgresEventLog(pool)
+        claims = AccountClaims(self.url)
+        runner = await self._serve_http()
+        try:
+            with self._signals(), _first_failure():
+                async with asyncio.TaskGroup() as group:
+                    for account in self.settings.accounts:
+                        writer = AccountWriter(log, account=account.name, bound=options.queue_size,
+                                               batch_size=options.batch_size, metrics=self.metrics)  # fmt: skip
+                        runtime = AccountRuntime(account, writer)
+                        self.accounts[account.name] = runtime
+                        self._account_tasks.append(
+                            group.create_task(self._account(runtime, claims, pool), name=f"account-{account.name}")
+                        )
+                    group.create_task(claims.watch(self.stop), name="claims-watch")
+                    group.create_task(self._grace(), name="grace")
+                    self.started.set()
+                    logger.info(
+                        "statekeeper run: %d accounts; health and metrics on http://%s:%s/",
+                        len(self.settings.accounts), options.metrics_host, self.port,
+                        extra={"action": "daemon_started"},
+                    )  # fmt: skip
+                    await self.stop.wait()
+        finally:
+            self.stop.set()
+            await claims.close()
+            await runner.cleanup()
+            await pool.close()
+        logger.info("statekeeper run: stopped", extra={"action": "daemon_stopped"})
+
+    async def _grace(self) -> None:
+        """Once stopping, give the accounts the grace period; then cancel what is left, loudly."""
+        await self.stop.wait()
+        grace = self.settings.ingest.shutdown_grace_seconds
+        _, pending = await asyncio.wait(self._account_tasks, timeout=grace)
+        if not pending:
+            return
+        left = {name: rt.writer.backlog for name, rt in self.accounts.items() if rt.writer.backlog}
+        logger.error("shutdown grace period of %g s is over; %s", grace,
+                     f"items not stored: {left}" if left else "sessions were still closing",
+                     extra={"action": "shutdown_timeout"})  # fmt: skip
+        raise DaemonFailed(
+            f"shutdown did not finish within {grace:g} s" + (f"; items not stored: {left}" if left else "")
+        )
+
+    # -------------------------------------------------------------------------------------- supervision
+
+    async def _account(self, runtime: AccountRuntime, claims: AccountClaims, pool: asyncpg.Pool) -> None:
+        name = runtime.settings.name
+        with log_context(account=name):
+            writer_task = asyncio.create_task(self._supervised(runtime, "writer", runtime.writer.run),
+                                              name=f"writer-{name}")  # fmt: skip
+            try:
+                while not self.stop.is_set():
+                    if not await claims.claim(name, self.stop):
+                        break
+                    runtime.claimed = True
+                    account_stop = asyncio.Event()
+                    relay = asyncio.create_task(self._relay_stop(account_stop, claims.lost[name]))
+                    try:
+                        await self._supervised(runtime, "ingest", partial(self._ingest, runtime, pool, account_stop))
+                    finally:
+                        relay.cancel()
+                        runtime.claimed = False
+                    if runtime.ingest is not None and runtime.ingest.state is AccountState.FATAL:
+                        break
+                    if not self.stop.is_set():
+                        await claims.release(name)
+            finally:
+                runtime.writer.stop()
+                await writer_task
+
+    async def _relay_stop(self, account_stop: asyncio.Event, lost: asyncio.Event) -> None:
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        lost_wait = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            lost_wait.cancel()
+        account_stop.set()
+
+    async def _ingest(self, runtime: AccountRuntime, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        account = runtime.settings
+        options = self.settings.ingest
+        assert account.api_key is not None, "secrets are resolved before the daemon starts"
+        driver = make_driver(account.venue, credential=account.api_key, ws_url=account.ws_url,
+                             rest_url=account.rest_url, backfill_from=options.backfill_from)  # fmt: skip
+        runtime.ingest = AccountIngest(
+            account=account.name, mode=account.mode, driver=driver, writer=runtime.writer, pool=pool,
+            options=IngestOptions(
+                owner=self.owner,
+                reconnect_initial_seconds=options.reconnect_initial_seconds,
+                reconnect_max_seconds=options.reconnect_max_seconds,
+                healthy_after_seconds=options.healthy_after_seconds,
+                fallback_after_failures=options.fallback_after_failures,
+                poll_interval_seconds=options.poll_interval_seconds,
+                funding_poll_interval_seconds=options.funding_poll_interval_seconds,
+                drain_timeout_seconds=options.drain_timeout_seconds,
+            ),
+            stop=stop, metrics=self.metrics,
+        )  # fmt: skip
+        await runtime.ingest.run()
+
+    async def _supervised(self, runtime: AccountRuntime, what: str, start: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``start()``; if it dies of an unexpected error, log the traceback and run it again."""
+        while True:
+            try:
+                await start()
+            except Exception as exc:
+                now = time.monotonic()
+                runtime.restarts = [t for t in runtime.restarts if now - t < RESTART_WINDOW] + [now]
+                logger.exception("the %s of account %s died", what, runtime.settings.name,
+                                 extra={"action": "task_died", "task": what})  # fmt: skip
+                if len(runtime.restarts) > MAX_RESTARTS:
+                    self.stop.set()
+                    raise DaemonFailed(
+                        f"the {what} of account {runtime.settings.name} died {len(runtime.restarts)} times in "
+                        f"{RESTART_WINDOW:g} s; the daemon stops. Last error: {type(exc).__name__}: {exc}"
+                    ) from exc
+                pause = min(30.0, 0.5 * 2 ** (len(runtime.restarts) - 1))
+                logger.warning("restarting the %s of account %s in %g s", what, runtime.settings.name, pause,
+                               extra={"action": "task_restart", "task": what})  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), pause)
+                if self.stop.is_set() and what == "ingest":
+                    return
+            else:
+                return
+
+    @contextlib.contextmanager
+    def _signals(self) -> Any:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            return
+        logger.info("%s: stopping (closing sessions, flushing within %g s)", sig.name,
+                    self.settings.ingest.shutdown_grace_seconds, extra={"action": "daemon_stopping"})  # fmt: skip
+        self.stop.set()
+
+    # ------------------------------------------------------------------------------------ health, metrics
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``/healthz``: 200 while the database takes writes and at least one account is ingesting."""
+        accounts: dict[str, Any] = {}
+        now = time.monotonic()
+        for name, rt in self.accounts.items():
+            ingest = rt.ingest
+            writer = rt.writer
+            accounts[name] = {
+                "venue": rt.settings.venue,
+                "mode": rt.settings.mode,
+                "state": ingest.state.value if ingest is not None else ("starting" if rt.claimed else "unclaimed"),
+                "session": str(ingest.session) if ingest is not None and ingest.session else None,
+                "rest_fallback": bool(ingest and ingest.fallback),
+                "queue_depth": writer.backlog,
+                "last_event_age_seconds": None if writer.last_stored is None else round(now - writer.last_stored, 3),
+                "database_failing_seconds": None if writer.healthy else round(now - (writer.failing_since or now), 3),
+                "error": (ingest.error if ingest is not None else None) or writer.last_error,
+            }  # fmt: skip
+        live = [
+            a for a in accounts.values() if a["state"] in ("streaming", "polling", "connecting", "waiting", "starting")
+        ]
+        database_ok = all(rt.writer.healthy for rt in self.accounts.values())
+        ok = database_ok and (bool(live) or not accounts) and not self.stop.is_set()
+        status = "ok" if ok and len(live) == len(accounts) else ("degraded" if ok else "failing")
+        return (200 if ok else 503), {"status": status, "database": "ok" if database_ok else "failing",
+                                      "accounts": accounts}  # fmt: skip
+
+    async def _serve_http(self) -> web.AppRunner:
+        async def healthz(_: web.Request) -> web.Response:
+            code, body = self.health()
+            return web.Response(body=orjson.dumps(body), status=code, content_type="application/json")
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        app = web.Application()
+        app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        options = self.settings.ingest
+        site = web.TCPSite(runner, options.metrics_host, options.metrics_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StatekeeperError(
+                f"cannot serve /healthz and /metrics on {options.metrics_host}:{options.metrics_port} ({exc}); "
+                "set [ingest] metrics_port (STATEKEEPER_INGEST_METRICS_PORT)"
+            ) from None
+        self.port = int(runner.addresses[0][1])
+        return runner
