@@ -35,6 +35,8 @@ pytest: $(STAMP)
 ## benchmarks (figures go to bench/results.json; copy them into docs/benchmarks.md)
 bench: $(STAMP)
 	$(BIN)/python -m bench.append
+	$(BIN)/python -m bench.parse
+	$(BIN)/python -m bench.ingest
 
 ## apply migrations to the configured database (or the embedded one)
 migrate: $(STAMP)
