@@ -59,7 +59,7 @@ from statekeeper.ingest.ledgers import Ledgers, later
 from statekeeper.ingest.metrics import IngestMetrics
 from statekeeper.ingest.records import Origin
 from statekeeper.ingest.sequence import ContiguousSequence
-from statekeeper.ingest.writer import AccountWriter, SessionClose, SessionOpen
+from statekeeper.ingest.writer import AccountWriter, SessionClose, SessionOpen, WriterStopped
 from statekeeper.logs import log_context
 from statekeeper.venues.base import FrameContext, FrameRejection, SequenceKind
 from statekeeper.venues.errors import FatalVenueError, VenueError
@@ -224,12 +224,6 @@ class AccountIngest:
                 if await self._wait_stop(delay):
                     raise _Stop from None
                 delay = min(5.0, delay * 2)
-        for row, last_seq in zip(stale, last_seqs, strict=True):
-            session = row["session"]
-            detail = f"left open by {row['owner'] or 'a daemon'} that stopped without closing it"
-            logger.warning("session %s was left open; closing it as abandoned", session,
-                           extra={"action": "session_abandoned", "session": str(session)})  # fmt: skip
-            self._close_session(self._origin(session), CloseReason.ABANDONED, detail, last_seq)
         for what, rows in latest.items():
             ledger = self.ledgers[what]
             for row in reversed(rows):
@@ -243,6 +237,13 @@ class AccountIngest:
             self.ledgers.restore({what: LedgerMark.model_validate(mark) for what, mark in marks.items()})
         for row in positions:
             self.ledgers.note_markets(getattr(parse_body(row["payload"]), "positions", ()))
+        # Closed once the marks are back, so their session_closed carries the marks too.
+        for row, last_seq in zip(stale, last_seqs, strict=True):
+            session = row["session"]
+            detail = f"left open by {row['owner'] or 'a daemon'} that stopped without closing it"
+            logger.warning("session %s was left open; closing it as abandoned", session,
+                           extra={"action": "session_abandoned", "session": str(session)})  # fmt: skip
+            self._close_session(self._origin(session), CloseReason.ABANDONED, detail, last_seq)
 
     # ----------------------------------------------------------------------------------------- sessions
 
@@ -375,6 +376,14 @@ class AccountIngest:
             current = _Session(origin, checker=self._checker())
             try:
                 reason, detail = await self._read_session(current, stream, previous)
+            except BaseException as exc:
+                # A bug or a hard cancel: the session still gets its end, so no row stays open behind us.
+                why = CloseReason.SHUTDOWN if isinstance(exc, asyncio.CancelledError) else CloseReason.ERROR
+                with contextlib.suppress(WriterStopped):
+                    self._close_session(origin, why, f"ended by {type(exc).__name__}: {exc}"[:500], None)
+                with contextlib.suppress(Exception):
+                    await stream.close()
+                raise
             finally:
                 self.session = None
                 if current.resynced:
