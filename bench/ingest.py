@@ -135,10 +135,14 @@ async def record_frames(count: int, seed: int) -> tuple[Simulator, list[str]]:
         while sum(len(c.sent) for c in sim.frames(ACCOUNT)) < count:
             if time.monotonic() > deadline:
                 raise SystemExit("the simulator did not produce the frames within 120 s")
-            await sim.step(100)
-            await asyncio.sleep(0.005)
+            await sim.step(50)
+            while any(c.queue.qsize() > 1_000 for c in sim.server.connections.get(ACCOUNT, [])):
+                await asyncio.sleep(0.005)  # let the reader keep up: one connection, one contiguous seq
         reader.cancel()
-    return sim, [f for c in sim.frames(ACCOUNT) for f in c.sent][:count]
+    connections = sim.frames(ACCOUNT)
+    if len(connections) != 1:
+        raise SystemExit(f"the recording took {len(connections)} connections; it needs one (a contiguous seq)")
+    return sim, connections[0].sent[:count]
 
 
 async def throughput(url: str, sim: Simulator, frames: list[str], work: Path) -> dict[str, Any]:

@@ -283,7 +283,8 @@ class AccountIngest:
                     self._set_state(AccountState.WAITING)
                     await self._until_stop(self.writer.drained_below(max(1, self.writer.bound // 2)))
                     continue
-                self._set_state(AccountState.CONNECTING)
+                if poller is None:  # while polling stands in, the account reads as polling
+                    self._set_state(AccountState.CONNECTING)
                 if previous is not None and self.metrics is not None:
                     self.metrics.reconnects.labels(self.account).inc()
                 stream_back.clear()
@@ -300,7 +301,12 @@ class AccountIngest:
                                    extra={"action": "connect_failed"})  # fmt: skip
                 else:
                     previous = outcome
-                    failures = 0 if self._backoff.disconnected(time.monotonic()) else failures + 1
+                    if self._backoff.disconnected(time.monotonic()):
+                        failures = 0
+                    elif outcome[1] in (CloseReason.ERROR, CloseReason.SERVER_CLOSE):
+                        # Only a connection that broke early says the stream cannot be kept up; a session this
+                        # daemon ended itself (a gap to resync, a full buffer) says nothing of the kind.
+                        failures += 1
                     if outcome[1] is CloseReason.SHUTDOWN:
                         return
                 if poller is not None and stream_back.is_set():
@@ -358,7 +364,12 @@ class AccountIngest:
         stream = self.driver.stream()
         with log_context(session=str(session)):
             try:
-                await stream.__aenter__()
+                # A venue that accepts the connection and never answers must not hold the shutdown.
+                await self._until_stop(stream.__aenter__())
+            except _Stop:
+                with contextlib.suppress(Exception):
+                    await stream.close()
+                raise
             except VenueError as exc:
                 if stream.handshake_frames:  # what the venue said before refusing is kept too (invariant 1)
                     self._open_session(origin, Transport.WEBSOCKET, stream.url, "connect")

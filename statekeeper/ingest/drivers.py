@@ -35,6 +35,8 @@ from statekeeper.venues.ws import Frame
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 OVERLAP = timedelta(minutes=1)
 """Time-based backfills start this long before the last item known (items already known are skipped)."""
+SETTLING = timedelta(days=1)
+"""How long an Extended asset operation may stay pending: transfer backfills look this far behind their mark."""
 
 
 class AccountStream(Protocol):
@@ -102,9 +104,9 @@ class _Base:
 class ExtendedDriver(_Base):
     venue = "extended"
     seeds_after_subscribe = False
-    reconnect_ledgers: tuple[str, ...] = ("fill", "funding")
+    reconnect_ledgers: tuple[str, ...] = ("fill", "funding", "transfer")
     scheduled_ledgers: tuple[str, ...] = ("funding",)
-    poll_ledgers: tuple[str, ...] = ("fill", "funding")
+    poll_ledgers: tuple[str, ...] = ("fill", "funding", "transfer")
 
     def __init__(self, *, api_key: SecretStr, ws_url: str | None = None, rest_url: str | None = None,
                  backfill_from: datetime | None = None, retry: RetryPolicy | None = None) -> None:  # fmt: skip
@@ -131,7 +133,19 @@ class ExtendedDriver(_Base):
             return self.rest.trades_since(since.id)
         if what == "funding":
             return self.rest.funding_since(self.start_of(since))
+        if what == "transfer":
+            return self._transfers_since(self.start_of(since))
         raise ValueError(f"extended has no {what} ledger here")
+
+    async def _transfers_since(self, start: datetime) -> AsyncIterator[Item[Any]]:
+        """Asset operations (deposits, withdrawals, transfers) from ``start``. Pages come newest first by id, that
+        is by creation: the walk goes on for :data:`SETTLING` past ``start``, so an operation created earlier whose
+        status changed since (a withdrawal completing) is fetched too."""
+        async for item in self.rest.all_asset_operations():
+            record = item.record
+            if (record.created_at or record.updated_at) < start - SETTLING:
+                return
+            yield item
 
     async def close(self) -> None:
         await self.rest.close()

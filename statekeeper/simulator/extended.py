@@ -17,7 +17,7 @@ size" and show ``"0"``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -292,8 +292,16 @@ class ExtendedServer(VenueServer):
             body["pagination"] = pagination
         return self.json(body)
 
-    def page(self, request: web.Request, keyed: list[tuple[int, dict[str, Any]]]) -> web.Response:
-        """Newest first by id; ``cursor`` is the last id of the previous page; ``limit`` at most 10,000."""
+    def page(
+        self,
+        request: web.Request,
+        keyed: list[tuple[int, Any]],
+        render: Callable[[Any], dict[str, Any]] | None = None,
+    ) -> web.Response:
+        """Newest first by id; ``cursor`` is the last id of the previous page; ``limit`` at most 10,000.
+
+        ``render`` turns the chosen items into JSON (only the page's, so a long history costs one page's work).
+        """
         try:
             limit = min(int(request.query.get("limit", "100")), MAX_LIMIT)
             cursor = int(request.query["cursor"]) if "cursor" in request.query else None
@@ -306,7 +314,7 @@ class ExtendedServer(VenueServer):
             keyed = [pair for pair in keyed if pair[0] < cursor]
         chosen = keyed[:limit]
         pagination = {"cursor": chosen[-1][0] if chosen else cursor, "count": len(chosen)}
-        return self.ok([item for _, item in chosen], pagination=pagination)
+        return self.ok([render(item) if render else item for _, item in chosen], pagination=pagination)
 
     async def get_balance(self, request: web.Request, account: SimAccount) -> web.Response:
         balance = self.engine.balance_of(account)
@@ -358,10 +366,8 @@ class ExtendedServer(VenueServer):
 
     async def get_trades(self, request: web.Request, account: SimAccount) -> web.Response:
         market = request.query.get("market")
-        trades = [
-            (f.fill_id, self.trade_json(account, f, stream=False)) for f in account.fills if market in (None, f.market)
-        ]
-        return self.page(request, trades)
+        trades = [(f.fill_id, f) for f in account.fills if market in (None, f.market)]
+        return self.page(request, trades, lambda fill: self.trade_json(account, fill, stream=False))
 
     async def get_funding_history(self, request: web.Request, account: SimAccount) -> web.Response:
         if "fromTime" not in request.query:
