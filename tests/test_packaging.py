@@ -16,10 +16,10 @@ from statekeeper.cli import app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_append_benchmark_runs_in_its_quick_form() -> None:
-    """The benchmark itself is measured by `make bench`; CI proves it works, on a small run."""
+def _quick(module: str) -> str:
+    """Run a benchmark in its quick form (its figures are measured by `make bench`; CI proves it works)."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.append", "--quick"],
+        [sys.executable, "-m", module, "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,24 +28,20 @@ def test_append_benchmark_runs_in_its_quick_form() -> None:
         env={k: v for k, v in os.environ.items() if k != "STATEKEEPER_BENCH_DATABASE_URL"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_append_benchmark_runs_in_its_quick_form() -> None:
+    stdout = _quick("bench.append")
     for strategy in ("naive", "executemany", "unnest", "copy_staging", "api ", "api_pipelined", "raw_copy"):
-        assert strategy in result.stdout
-    assert "synchronous_commit=on" in result.stdout
+        assert strategy in stdout
+    assert "synchronous_commit=on" in stdout
 
 
 def test_ingest_benchmark_runs_in_its_quick_form() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.ingest", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={k: v for k, v in os.environ.items() if k != "STATEKEEPER_BENCH_DATABASE_URL"},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    stdout = _quick("bench.ingest")
     for figure in ("p50", "p99", "baseline", "events/s", "mean batch", "of the baseline"):
-        assert figure in result.stdout
+        assert figure in stdout
 
 
 def _cli_paths(group: TyperGroup, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
