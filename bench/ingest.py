@@ -136,8 +136,10 @@ async def record_frames(count: int, seed: int) -> tuple[Simulator, list[str]]:
             if time.monotonic() > deadline:
                 raise SystemExit("the simulator did not produce the frames within 120 s")
             await sim.step(50)
-            while any(c.queue.qsize() > 1_000 for c in sim.server.connections.get(ACCOUNT, [])):
-                await asyncio.sleep(0.005)  # let the reader keep up: one connection, one contiguous seq
+            # Let the reader keep up (one connection, one contiguous seq): the simulator's queue has no event to
+            # wait on, so its size is polled.
+            while any(c.queue.qsize() > 1_000 for c in sim.server.connections.get(ACCOUNT, [])):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
         reader.cancel()
     connections = sim.frames(ACCOUNT)
     if len(connections) != 1:
