@@ -421,10 +421,14 @@ class AccountIngest:
         closer: list[asyncio.Task[None]] = []
         fatal: list[FatalVenueError] = []
 
+        drain = asyncio.timeout(None)  # armed when the session starts closing: the venue gets drain_timeout
+
         def close(reason: CloseReason, detail: str | None) -> None:
             if not closing:
                 closing.append((reason, detail))
                 closer.append(asyncio.create_task(stream.close(), name=f"close-{self.account}"))
+                with contextlib.suppress(RuntimeError):  # the reading may just have ended
+                    drain.reschedule(asyncio.get_running_loop().time() + self.options.drain_timeout_seconds)
 
         async def watch_stop() -> None:
             await self.stop.wait()
@@ -442,7 +446,7 @@ class AccountIngest:
         resyncer = asyncio.create_task(resync(), name=f"resync-{self.account}")
         ended: tuple[CloseReason, str | None] = (CloseReason.SERVER_CLOSE, None)
         try:
-            async with asyncio.timeout(None) as deadline:
+            async with drain:
                 try:
                     async for frame in stream:
                         self._store_frame(current, frame)
@@ -456,14 +460,10 @@ class AccountIngest:
                             )
                         elif self.writer.full:
                             close(CloseReason.BACKPRESSURE, f"{self.writer.backlog} items waiting for the database")
-                        if closing:
-                            deadline.reschedule(asyncio.get_running_loop().time() + self.options.drain_timeout_seconds)
                 except VenueError as exc:
                     ended = (CloseReason.ERROR, str(exc))
-                if closing:
-                    deadline.reschedule(asyncio.get_running_loop().time() + self.options.drain_timeout_seconds)
-                    for task in closer:
-                        await task
+                for task in closer:
+                    await task
         except TimeoutError:
             logger.warning("the venue did not finish closing the connection within %g s",
                            self.options.drain_timeout_seconds, extra={"action": "close_timeout"})  # fmt: skip
