@@ -138,6 +138,8 @@ class AccountIngest:
         self.metrics = metrics
         self.venue = driver.venue
         self.ledgers = Ledgers()
+        # The hot path's counter, looked up once rather than per frame.
+        self._frames_received = metrics.frames_received.labels(account, driver.venue) if metrics else None
         self.state = AccountState.STARTING
         self.session: UUID | None = None
         """The current stream (or polling) session."""
@@ -497,8 +499,8 @@ class AccountIngest:
 
     def _store_frame(self, current: _Session, frame: Frame) -> None:
         """Parse a frame and hand it to the writer: an event, or a rejected frame with the reason."""
-        if self.metrics is not None:
-            self.metrics.frames_received.labels(self.account, self.venue).inc()
+        if self._frames_received is not None:
+            self._frames_received.inc()
         checker = current.checker
         context = FrameContext(self.account, self.venue, current.origin.session, frame.received_at)  # type: ignore[arg-type]
         outcome = self.driver.parse(frame.data, context)
