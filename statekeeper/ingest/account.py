@@ -38,6 +38,7 @@ import asyncpg
 import orjson
 
 from statekeeper import statements
+from statekeeper.config import IngestSettings
 from statekeeper.errors import InvalidEvent
 from statekeeper.eventlog import CONNECTION_ERRORS
 from statekeeper.events import (
@@ -85,20 +86,6 @@ class AccountState(StrEnum):
 STATES = tuple(s.value for s in AccountState)
 
 
-@dataclass(frozen=True)
-class IngestOptions:
-    """The ``[ingest]`` settings an account's ingest uses."""
-
-    owner: str
-    reconnect_initial_seconds: float = 0.5
-    reconnect_max_seconds: float = 60.0
-    healthy_after_seconds: float = 60.0
-    fallback_after_failures: int = 5
-    poll_interval_seconds: float = 10.0
-    funding_poll_interval_seconds: float = 3600.0
-    drain_timeout_seconds: float = 5.0
-
-
 class _Stop(Exception):
     """Internal: the daemon is stopping."""
 
@@ -124,7 +111,8 @@ class AccountIngest:
         driver: VenueDriver,
         writer: AccountWriter,
         pool: asyncpg.Pool,
-        options: IngestOptions,
+        options: IngestSettings,
+        owner: str,
         stop: asyncio.Event,
         metrics: IngestMetrics | None = None,
     ) -> None:
@@ -134,6 +122,8 @@ class AccountIngest:
         self.writer = writer
         self.pool = pool
         self.options = options
+        self.owner = owner
+        """The daemon (``host:pid``) recorded as the owner of this account's sessions."""
         self.stop = stop
         self.metrics = metrics
         self.venue = driver.venue
@@ -208,7 +198,7 @@ class AccountIngest:
 
     async def _recover(self) -> None:
         """Close the sessions a dead daemon left open, and read back where the ledgers are complete."""
-        delay = 0.2
+        retry = Backoff(initial=0.2, maximum=5.0)
         while True:
             try:
                 async with self.pool.acquire() as conn:
@@ -223,9 +213,8 @@ class AccountIngest:
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 logger.warning("cannot read the account's state from the log yet (%s); retrying", exc,
                                extra={"action": "recover_retry"})  # fmt: skip
-                if await self._wait_stop(delay):
+                if await self._wait_stop(retry.next_delay()):
                     raise _Stop from None
-                delay = min(5.0, delay * 2)
         for what, rows in latest.items():
             ledger = self.ledgers[what]
             for row in reversed(rows):
@@ -252,7 +241,7 @@ class AccountIngest:
     def _open_session(self, origin: Origin, transport: Transport, url: str, reason: str) -> None:
         assert origin.session is not None
         self.writer.submit(SessionOpen(account=self.account, session=origin.session, venue=self.venue,
-                                       transport=transport.value, url=url, owner=self.options.owner,
+                                       transport=transport.value, url=url, owner=self.owner,
                                        opened_at=datetime.now(UTC)))  # fmt: skip
         self._submit_event(records.session_opened(origin, transport=transport, url=url, reason=reason))
 
@@ -550,7 +539,7 @@ class AccountIngest:
         self._submit_event(records.resync_started(origin, reason=reason, previous=previous[0] if previous else None))
         if self.metrics is not None:
             self.metrics.resyncs.labels(self.account).inc()
-        delay = 1.0
+        retry = Backoff(initial=1.0, maximum=60.0)
         while True:
             try:
                 if self.driver.seeds_after_subscribe:
@@ -561,9 +550,8 @@ class AccountIngest:
                 raise
             except VenueError as exc:
                 self._rest_failed("resync", exc)
-                if await self._wait_stop(delay):
+                if await self._wait_stop(retry.next_delay()):
                     return
-                delay = min(60.0, delay * 2)
         if current.checker is None or current.checker.fault is None:
             self.ledgers.advance(current.latest)
         current.resynced = True

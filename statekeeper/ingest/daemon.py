@@ -34,7 +34,7 @@ from statekeeper.config import AccountSettings, Settings
 from statekeeper.database import create_pool
 from statekeeper.errors import ConfigError, MigrationError, StatekeeperError
 from statekeeper.eventlog import PostgresEventLog
-from statekeeper.ingest.account import AccountIngest, AccountState, IngestOptions
+from statekeeper.ingest.account import AccountIngest, AccountState
 from statekeeper.ingest.claims import AccountClaims
 from statekeeper.ingest.drivers import make_driver
 from statekeeper.ingest.metrics import IngestMetrics
@@ -190,16 +190,7 @@ class Daemon:
                              rest_url=account.rest_url, backfill_from=options.backfill_from)  # fmt: skip
         runtime.ingest = AccountIngest(
             account=account.name, mode=account.mode, driver=driver, writer=runtime.writer, pool=pool,
-            options=IngestOptions(
-                owner=self.owner,
-                reconnect_initial_seconds=options.reconnect_initial_seconds,
-                reconnect_max_seconds=options.reconnect_max_seconds,
-                healthy_after_seconds=options.healthy_after_seconds,
-                fallback_after_failures=options.fallback_after_failures,
-                poll_interval_seconds=options.poll_interval_seconds,
-                funding_poll_interval_seconds=options.funding_poll_interval_seconds,
-                drain_timeout_seconds=options.drain_timeout_seconds,
-            ),
+            options=options, owner=self.owner,
             stop=stop, metrics=self.metrics,
         )  # fmt: skip
         await runtime.ingest.run()

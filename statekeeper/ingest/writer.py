@@ -7,9 +7,10 @@ each frame is its own batch and is durable within milliseconds; under load the b
 the previous write, so batches grow with the load.
 
 The buffer's ``bound`` is not a hard limit: :attr:`AccountWriter.full` tells the stream to give up its session
-(recorded as a gap, resynced later), and the few frames still in flight after that are kept too. Nothing
-submitted is dropped: while PostgreSQL is down the batch is retried with backoff, and a retried batch whose
-first commit was in fact done is harmless (appends are idempotent, session rows are upserts).
+(closed with reason ``backpressure``, resynced later), and the few frames still in flight after that are kept
+too. Nothing submitted is dropped: while PostgreSQL is down the batch is retried with backoff, and a retried batch whose
+first commit was in fact done changes no event (appends are idempotent, session rows are upserts); only a
+``RejectedFrame`` item, which has no key, could then be stored twice.
 """
 
 from __future__ import annotations
