@@ -247,6 +247,98 @@ def run(
     run_command(go, config, log_format=log_format, require_secrets=True)
 
 
+# -------------------------------------------------------------------------------------------- status
+
+
+@app.command("status")
+def status(
+    config: ConfigOption = None,
+    account: Annotated[
+        list[str] | None, typer.Option("--account", metavar="NAME", help="Only this account (repeatable).")
+    ] = None,
+    output: Annotated[Literal["table", "json"], typer.Option("--format", help="table, or one JSON document.")] = (
+        "table"
+    ),
+) -> None:
+    """Per account: stream state, last event, projector lag, last reconciliation."""
+    from statekeeper import status as account_status  # noqa: PLC0415
+    from statekeeper.database import database_target  # noqa: PLC0415
+
+    async def go(settings: Settings) -> list[account_status.AccountStatus]:
+        configured = {a.name: a.venue for a in settings.accounts}
+        async with database_target(settings.database) as target:
+            return await account_status.collect(target.url, account or None, configured=configured)
+
+    statuses = run_command(go, config)
+    if output == "json":
+        typer.echo(account_status.to_json(statuses))
+    elif statuses:
+        out.print(account_status.to_table(statuses))
+    else:
+        out.print("no accounts: none is configured and the event log is empty", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------- project
+
+
+@app.command("project")
+def project(
+    config: ConfigOption = None,
+    log_format: LogFormatOption = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Apply everything in the log now, then exit (no daemon).")
+    ] = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option("--rebuild", help="Rebuild the projections from the log into new tables and swap them in."),
+    ] = False,
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="With --once or --rebuild: only this account (repeatable). Default: all."),
+    ] = None,
+) -> None:
+    """The projector workers alone: fold the event log into the projection tables (balances, orders, ...).
+
+    Without options, runs until stopped (SIGTERM, Ctrl-C), with /healthz and /metrics like `statekeeper run`.
+    """
+    from statekeeper.database import connect, database_target  # noqa: PLC0415
+    from statekeeper.errors import MigrationError  # noqa: PLC0415
+    from statekeeper.ingest.daemon import Daemon  # noqa: PLC0415
+    from statekeeper.migrations import check  # noqa: PLC0415
+    from statekeeper.projections import store  # noqa: PLC0415
+    from statekeeper.projections.rebuild import rebuild as rebuild_projections  # noqa: PLC0415
+
+    if once and rebuild:
+        raise fail("--once and --rebuild do not go together (a rebuild applies everything anyway)", 2)
+    if account and not (once or rebuild):
+        raise fail("--account needs --once or --rebuild (the workers project every account)", 2)
+
+    async def go(settings: Settings) -> None:
+        async with database_target(settings.database) as target:
+            if not (once or rebuild):
+                await Daemon(settings, target.url, ingest=False).run()
+                return
+            problems = await check(target.url)
+            if problems:
+                raise MigrationError("the database is not ready:\n" + "\n".join(problems))
+            batch = settings.projector.batch_size
+            if rebuild:
+                report = await rebuild_projections(
+                    target.url, accounts=account, batch_size=batch, progress=lambda m: out.print(m, highlight=False)
+                )
+                out.print(f"rebuilt in {report.seconds:.1f} s", highlight=False)
+                return
+            conn = await connect(target.url)
+            try:
+                accounts = account or [r["account"] for r in await conn.fetch(store.ALL_ACCOUNTS)]
+                applied = await store.catch_up(conn, accounts, limit=batch)
+            finally:
+                await conn.close()
+            out.print(f"applied {applied} events to the projections of {len(accounts)} accounts", highlight=False)
+
+    run_command(go, config, log_format=log_format)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 

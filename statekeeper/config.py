@@ -177,6 +177,11 @@ class IngestSettings(_Section):
     drain_timeout_seconds: float = Field(
         default=5.0, gt=0, le=120, description="Time for a venue to finish closing a session being ended."
     )
+    resolve_interval_seconds: float = Field(
+        default=5.0, gt=0, le=86_400,
+        description="How often orders a snapshot no longer lists (status closed_unconfirmed) are fetched by id "
+        "over REST for their final state.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _ordered(self) -> IngestSettings:
@@ -186,6 +191,23 @@ class IngestSettings(_Section):
                 f"reconnect_max_seconds ({self.reconnect_max_seconds:g})"
             )
         return self
+
+
+class ProjectorSettings(_Section):
+    """The projector workers (``statekeeper run`` and ``statekeeper project``)."""
+
+    workers: int = Field(
+        default=1, ge=0, le=64,
+        description="Projector workers in this process (0: none; `statekeeper run` then only ingests). Workers in "
+        "every process divide the accounts between them.",
+    )  # fmt: skip
+    batch_size: int = Field(default=2_000, ge=1, le=100_000, description="Most events applied in one transaction.")
+    poll_interval_seconds: float = Field(
+        default=1.0, gt=0, le=3600, description="Longest wait for new events when no notification arrives."
+    )
+    rebalance_interval_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="How often workers check which accounts are theirs."
+    )
 
 
 class LogSettings(_Section):
@@ -213,6 +235,7 @@ class Settings(BaseSettings):
     accounts: tuple[AccountSettings, ...] = ()
     reconcile: ReconcileSettings = ReconcileSettings()
     ingest: IngestSettings = IngestSettings()
+    projector: ProjectorSettings = ProjectorSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -23,7 +23,7 @@ from statekeeper.config import load_settings, redact_url
 from statekeeper.database import database_target
 from statekeeper.errors import DatabaseError, MigrationError
 from statekeeper.events import CloseReason, Transport
-from statekeeper.schema import EVENTS_TRIGGERS, KINDS, SOURCES, metadata
+from statekeeper.schema import EVENTS_TRIGGERS, KINDS, SOURCES, VIEWS, metadata
 
 
 def script_location() -> Path:
@@ -143,6 +143,9 @@ _TRIGGERS = text(
 )
 
 
+_VIEWS = text("SELECT viewname FROM pg_views WHERE schemaname = current_schema()")
+
+
 def _check(connection: Connection, problems: list[str]) -> None:
     context = MigrationContext.configure(
         connection,
@@ -182,6 +185,8 @@ def _check(connection: Connection, problems: list[str]) -> None:
             problems.append(f"trigger {name} on events is missing ({purpose})")
         elif state != "A":
             problems.append(f"trigger {name} on events is not ENABLE ALWAYS (state {state!r}; {purpose})")
+    views = {row.viewname for row in connection.execute(_VIEWS)}
+    problems.extend(f"view {name} is missing ({purpose})" for name, purpose in VIEWS.items() if name not in views)
 
 
 async def check(url: str) -> list[str]:

@@ -9,6 +9,12 @@ What metadata cannot declare (trigger functions and triggers) lives in the migra
 
 from __future__ import annotations
 
+import types
+import typing
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,6 +25,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     Table,
     Text,
@@ -29,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 
 from statekeeper.events import CloseReason, EventKind, Source, Transport
+from statekeeper.projections import rows
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -163,6 +171,75 @@ projector_checkpoints = Table(
     CheckConstraint("position >= 0", name="position"),
     comment="how far each projector has applied the log, per account",
 )
+
+# ------------------------------------------------------------------------------------------- projections
+
+_SQL_TYPES: dict[object, Any] = {str: Text, Decimal: Numeric, datetime: TimestampTZ, bool: Boolean, int: BigInteger}
+
+
+def _projection_columns(row_type: type[rows.Row]) -> list[Column[Any]]:
+    """The columns of a projection table, from its row class: one per field, nullable where the field is Optional."""
+    hints = typing.get_type_hints(row_type)
+    columns: list[Column[Any]] = []
+    for name in rows.columns(row_type):
+        hint = hints[name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else []
+        base = args[0] if args else hint
+        columns.append(Column(name, _SQL_TYPES[base], nullable=bool(args)))
+    return columns
+
+
+def _projection(row_type: type[rows.Row], *indexes: tuple[str, ...], comment: str) -> Table:
+    name = row_type.table
+    return Table(
+        name,
+        metadata,
+        *_projection_columns(row_type),
+        PrimaryKeyConstraint(*row_type.key),
+        *(Index(f"ix_{name}_{'_'.join(columns)}", *columns) for columns in indexes),
+        comment=comment,
+    )
+
+
+balances = _projection(rows.BalanceRow, comment="one row per account and asset: the latest balance the venue reported")
+account_margins = _projection(
+    rows.AccountRow, comment="one row per account: account-level margin figures, where the venue reports them apart"
+)
+orders = _projection(
+    rows.OrderRow,
+    ("account", "market"),
+    ("account", "status"),
+    ("account", "updated_at"),
+    ("account", "client_order_id"),
+    comment="every order ever seen, in its latest state",
+)
+open_orders = _projection(rows.OpenOrderRow, ("account", "market"), comment="the orders still working")
+positions = _projection(rows.PositionRow, comment="one row per open position (account and market)")
+closed_positions = _projection(
+    rows.ClosedPositionRow, ("account", "updated_at"), comment="the last position closed in each market"
+)
+fills = _projection(
+    rows.FillRow,
+    ("account", "created_at"),
+    ("account", "market", "created_at"),
+    ("account", "order_id"),
+    comment="every execution; busted fills are marked (busted_at), never deleted",
+)
+fill_busts = _projection(rows.FillBustRow, comment="tradebusts as the venue reported them")
+funding_payments = _projection(
+    rows.FundingRow,
+    ("account", "paid_at"),
+    ("account", "market", "paid_at"),
+    comment="every funding payment; amount is negative when the account paid",
+)
+
+PROJECTION_TABLES: tuple[Table, ...] = tuple(metadata.tables[t.table] for t in rows.ROW_TYPES)
+"""The tables the projectors write, in :data:`rows.ROW_TYPES` order."""
+
+VIEWS: dict[str, str] = {
+    "account_summary": "one row per account: equity, available balance, margin, open orders, exposure, stream state",
+}
+"""Views the migrations create (metadata cannot declare them) and ``db check`` verifies."""
 
 EVENTS_TRIGGERS: dict[str, str] = {
     "events_append_only": "UPDATE and DELETE on events fail",

@@ -1,10 +1,11 @@
 """``statekeeper run``: the ingest daemon, every configured account in one supervised task group.
 
 Each account gets a writer (:mod:`.writer`) and an ingest (:mod:`.account`), started once its claim is held
-(:mod:`.claims`). A local HTTP server answers ``/healthz`` and ``/metrics``. SIGTERM and SIGINT set one stop
-event: every session is closed with reason ``shutdown`` after reading what the venue had sent, every writer
-flushes, all within ``[ingest] shutdown_grace_seconds``; whatever is still unwritten then is counted in a loud
-error, never dropped quietly.
+(:mod:`.claims`). ``[projector] workers`` projector workers (:mod:`statekeeper.projections.worker`) run beside
+them; ``statekeeper project`` runs the same daemon with the projectors only. A local HTTP server answers
+``/healthz`` and ``/metrics``. SIGTERM and SIGINT set one stop event: every session is closed with reason
+``shutdown`` after reading what the venue had sent, every writer flushes, all within ``[ingest]
+shutdown_grace_seconds``; whatever is still unwritten then is counted in a loud error, never dropped quietly.
 
 Supervision: an account's ingest or writer that dies of an unexpected error is logged with its traceback and
 restarted (with a pause that grows); after :data:`MAX_RESTARTS` restarts within :data:`RESTART_WINDOW` seconds
@@ -41,6 +42,7 @@ from statekeeper.ingest.metrics import IngestMetrics
 from statekeeper.ingest.writer import AccountWriter
 from statekeeper.logs import log_context
 from statekeeper.migrations import check as check_schema
+from statekeeper.projections.worker import ProjectorMetrics, ProjectorWorker
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +79,17 @@ def _first_failure() -> Any:
 class Daemon:
     """The ingest daemon for ``settings`` against the database at ``database_url``."""
 
-    def __init__(self, settings: Settings, database_url: str, *, metrics: IngestMetrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, database_url: str, *, metrics: IngestMetrics | None = None, ingest: bool = True
+    ) -> None:
         self.settings = settings
         self.url = database_url
+        self.ingest = ingest
+        """False for ``statekeeper project``: the projectors only."""
         self.metrics = metrics or IngestMetrics()
+        self.projector_metrics = ProjectorMetrics(self.metrics.registry)
+        self.projectors: list[ProjectorWorker] = []
+        self._projector_restarts: list[float] = []
         self.stop = asyncio.Event()
         self.accounts: dict[str, AccountRuntime] = {}
         self.port: int | None = None
@@ -96,8 +105,10 @@ class Daemon:
         problems = await check_schema(self.url)
         if problems:
             raise MigrationError("the database is not ready for the daemon:\n" + "\n".join(problems))
-        if not self.settings.accounts:
+        if self.ingest and not self.settings.accounts:
             raise ConfigError("no accounts are configured: add [[accounts]] to the configuration file")
+        if not self.ingest and not self.settings.projector.workers:
+            raise ConfigError("[projector] workers is 0: there is nothing for `statekeeper project` to run")
         options = self.settings.ingest
         pool = await create_pool(self.url, max_size=max(2, self.settings.database.pool_size))
         log = PostgresEventLog(pool)
@@ -106,7 +117,14 @@ class Daemon:
         try:
             with self._signals(), _first_failure():
                 async with asyncio.TaskGroup() as group:
-                    for account in self.settings.accounts:
+                    for number in range(self.settings.projector.workers):
+                        worker = ProjectorWorker(self.url, pool, settings=self.settings.projector, stop=self.stop,
+                                                 metrics=self.projector_metrics,
+                                                 name=f"{self.owner}/{number}")  # fmt: skip
+                        self.projectors.append(worker)
+                        group.create_task(self._supervised(worker.name, self._projector_restarts, "projector",
+                                                           worker.run), name=f"projector-{number}")  # fmt: skip
+                    for account in self.settings.accounts if self.ingest else ():
                         writer = AccountWriter(log, account=account.name, bound=options.queue_size,
                                                batch_size=options.batch_size, metrics=self.metrics)  # fmt: skip
                         runtime = AccountRuntime(account, writer)
@@ -118,8 +136,9 @@ class Daemon:
                     group.create_task(self._grace(), name="grace")
                     self.started.set()
                     logger.info(
-                        "statekeeper run: %d accounts; health and metrics on http://%s:%s/",
-                        len(self.settings.accounts), options.metrics_host, self.port,
+                        "statekeeper %s: %d accounts ingested, %d projector workers; health and metrics on "
+                        "http://%s:%s/", "run" if self.ingest else "project",
+                        len(self.accounts), len(self.projectors), options.metrics_host, self.port,
                         extra={"action": "daemon_started"},
                     )  # fmt: skip
                     await self.stop.wait()
@@ -128,12 +147,14 @@ class Daemon:
             await claims.close()
             await runner.cleanup()
             await pool.close()
-        logger.info("statekeeper run: stopped", extra={"action": "daemon_stopped"})
+        logger.info("statekeeper %s: stopped", "run" if self.ingest else "project", extra={"action": "daemon_stopped"})
 
     async def _grace(self) -> None:
         """Once stopping, give the accounts the grace period; then cancel what is left, loudly."""
         await self.stop.wait()
         grace = self.settings.ingest.shutdown_grace_seconds
+        if not self._account_tasks:
+            return
         _, pending = await asyncio.wait(self._account_tasks, timeout=grace)
         if not pending:
             return
@@ -150,7 +171,7 @@ class Daemon:
     async def _account(self, runtime: AccountRuntime, claims: AccountClaims, pool: asyncpg.Pool) -> None:
         name = runtime.settings.name
         with log_context(account=name):
-            writer_task = asyncio.create_task(self._supervised(runtime, "writer", runtime.writer.run),
+            writer_task = asyncio.create_task(self._supervised(name, runtime.restarts, "writer", runtime.writer.run),
                                               name=f"writer-{name}")  # fmt: skip
             try:
                 while not self.stop.is_set():
@@ -160,7 +181,8 @@ class Daemon:
                     account_stop = asyncio.Event()
                     relay = asyncio.create_task(self._relay_stop(account_stop, claims.lost[name]))
                     try:
-                        await self._supervised(runtime, "ingest", partial(self._ingest, runtime, pool, account_stop))
+                        await self._supervised(name, runtime.restarts, "ingest",
+                                               partial(self._ingest, runtime, pool, account_stop))  # fmt: skip
                     finally:
                         relay.cancel()
                         runtime.claimed = False
@@ -195,28 +217,32 @@ class Daemon:
         )  # fmt: skip
         await runtime.ingest.run()
 
-    async def _supervised(self, runtime: AccountRuntime, what: str, start: Callable[[], Awaitable[Any]]) -> None:
-        """Run ``start()``; if it dies of an unexpected error, log the traceback and run it again."""
+    async def _supervised(
+        self, name: str, restarts: list[float], what: str, start: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Run ``start()``; if it dies of an unexpected error, log the traceback and run it again.
+
+        ``name`` is the account (or the projector worker) and ``restarts`` its recent restart times.
+        """
         while True:
             try:
                 await start()
             except Exception as exc:
                 now = time.monotonic()
-                runtime.restarts = [t for t in runtime.restarts if now - t < RESTART_WINDOW] + [now]
-                logger.exception("the %s of account %s died", what, runtime.settings.name,
-                                 extra={"action": "task_died", "task": what})  # fmt: skip
-                if len(runtime.restarts) > MAX_RESTARTS:
+                restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+                logger.exception("the %s of %s died", what, name, extra={"action": "task_died", "task": what})
+                if len(restarts) > MAX_RESTARTS:
                     self.stop.set()
                     raise DaemonFailed(
-                        f"the {what} of account {runtime.settings.name} died {len(runtime.restarts)} times in "
-                        f"{RESTART_WINDOW:g} s; the daemon stops. Last error: {type(exc).__name__}: {exc}"
+                        f"the {what} of {name} died {len(restarts)} times in {RESTART_WINDOW:g} s; the daemon "
+                        f"stops. Last error: {type(exc).__name__}: {exc}"
                     ) from exc
-                pause = min(30.0, 0.5 * 2 ** (len(runtime.restarts) - 1))
-                logger.warning("restarting the %s of account %s in %g s", what, runtime.settings.name, pause,
+                pause = min(30.0, 0.5 * 2 ** (len(restarts) - 1))
+                logger.warning("restarting the %s of %s in %g s", what, name, pause,
                                extra={"action": "task_restart", "task": what})  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), pause)
-                if self.stop.is_set() and what == "ingest":
+                if self.stop.is_set() and what in ("ingest", "projector"):
                     return
             else:
                 return
@@ -265,11 +291,16 @@ class Daemon:
         live = [
             a for a in accounts.values() if a["state"] in ("streaming", "polling", "connecting", "waiting", "starting")
         ]
-        database_ok = all(rt.writer.healthy for rt in self.accounts.values())
+        projectors = [
+            {"worker": p.name, "slot": p.slot, "accounts": sorted(p.held), "error": p.error} for p in self.projectors
+        ]
+        database_ok = all(rt.writer.healthy for rt in self.accounts.values()) and not any(
+            p.error for p in self.projectors
+        )
         ok = database_ok and (bool(live) or not accounts) and not self.stop.is_set()
         status = "ok" if ok and len(live) == len(accounts) else ("degraded" if ok else "failing")
         return (200 if ok else 503), {"status": status, "database": "ok" if database_ok else "failing",
-                                      "accounts": accounts}  # fmt: skip
+                                      "accounts": accounts, "projectors": projectors}  # fmt: skip
 
     async def _serve_http(self) -> web.AppRunner:
         async def healthz(_: web.Request) -> web.Response:

@@ -1,0 +1,374 @@
+"""The pure folds: how each event changes an account's projected state. No I/O.
+
+The projector workers and the replay command call the same functions, so a projection is a pure function of the
+log (DESIGN.md invariant 4). One fold per projection:
+
+* **balances**: a BALANCE message is state, not an increment: each balance it lists replaces that asset's row.
+  A balance snapshot lists what the venue reported in one message (Extended sends the collateral and the spot
+  balances in separate messages), so it does not remove assets it does not list.
+* **orders / open_orders**: deltas upsert by order id; a terminal status (FILLED, CANCELLED, REJECTED, EXPIRED;
+  Paradex CLOSED) takes the order out of ``open_orders`` and keeps it in ``orders``. An ORDER *snapshot* replaces
+  the open-order set: an open order it does not list leaves ``open_orders`` and becomes ``closed_unconfirmed`` in
+  ``orders`` until its final state is fetched over REST by the ingest daemon (:mod:`statekeeper.ingest.resolve`)
+  and appended.
+* **positions**: same as orders: a POSITION snapshot replaces the set; a closed position (size 0 or status
+  CLOSED) leaves ``positions`` and its last state is kept in ``closed_positions``.
+* **fills**, **fill_busts** and **funding_payments** are ledgers keyed by venue ids: the same fill or payment
+  received twice (from the stream and from a REST backfill) is one row. A bust marks its fill busted, never
+  deletes it; a bust seen before its fill marks the fill when it arrives.
+* **account_margins**: the account-level figures (Paradex ``account``).
+
+Order of updates: an update older than the row it would replace never overwrites it. Older means a lower venue
+update number (Paradex ``seq_no``) where both have one, otherwise an earlier venue time; between two updates of
+the same version a terminal state wins, and otherwise the later message in the log. An open order or position a
+snapshot does not list is removed only if the row is not newer than the snapshot itself (a REST snapshot's time is
+when its request was sent, a stream snapshot's the venue's time), so a stream update that overtook a slower REST
+snapshot survives it.
+
+:class:`AccountState` may hold only part of an account's rows: the SQL projector loads what a batch will touch
+(:func:`needs`) and writes back what changed (:attr:`AccountState.changes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from statekeeper.events import EventKind, Source, StoredEvent
+from statekeeper.projections.rows import (
+    CLOSED_UNCONFIRMED,
+    POSITION_CLOSED,
+    AccountRow,
+    BalanceRow,
+    FillBustRow,
+    FillRow,
+    FundingRow,
+    OrderRow,
+    PositionRow,
+    Row,
+    decode,
+    same_state,
+)
+
+PROJECTED_KINDS: frozenset[str] = frozenset(
+    {
+        EventKind.BALANCE,
+        EventKind.ACCOUNT,
+        EventKind.ORDER,
+        EventKind.POSITION,
+        EventKind.FILL,
+        EventKind.FILL_BUST,
+        EventKind.FUNDING,
+    }
+)
+"""The event kinds that change a projection; every other kind only moves the checkpoint."""
+
+
+@dataclass(frozen=True, slots=True)
+class FoldEvent:
+    """What a fold needs of one logged event."""
+
+    id: int
+    venue: str
+    kind: str
+    snapshot: bool
+    source: str
+    venue_time: datetime
+    received_at: datetime
+    payload: Mapping[str, Any]
+    """The stored payload (``events.payload``): the event body as JSON, validated when it was appended."""
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> FoldEvent:
+        return cls(event.id, event.venue, event.kind, event.snapshot, event.source, event.venue_time,
+                   event.received_at, event.payload)  # fmt: skip
+
+    @property
+    def snapshot_time(self) -> datetime:
+        """When the venue's state in a snapshot was taken, at the latest."""
+        return self.received_at if self.source == Source.REST else self.venue_time
+
+
+# --------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class Changes:
+    """The keys (without ``account``) of rows a fold wrote or removed, per table."""
+
+    upserted: dict[str, set[tuple[Any, ...]]] = field(default_factory=dict)
+    deleted: dict[str, set[tuple[Any, ...]]] = field(default_factory=dict)
+
+    def upsert(self, table: str, key: tuple[Any, ...]) -> None:
+        self.upserted.setdefault(table, set()).add(key)
+        self.deleted.get(table, set()).discard(key)
+
+    def delete(self, table: str, key: tuple[Any, ...]) -> None:
+        self.deleted.setdefault(table, set()).add(key)
+        self.upserted.get(table, set()).discard(key)
+
+    def __bool__(self) -> bool:
+        return any(self.upserted.values()) or any(self.deleted.values())
+
+
+@dataclass
+class AccountState:
+    """One account's projected rows (all of them, or the part a batch touches), and what changed since loading."""
+
+    account: str
+    balances: dict[str, BalanceRow] = field(default_factory=dict)
+    margins: AccountRow | None = None
+    orders: dict[str, OrderRow] = field(default_factory=dict)
+    open_orders: set[str] = field(default_factory=set)
+    """The ids of the orders in ``open_orders``; their rows are in :attr:`orders`."""
+    positions: dict[str, PositionRow] = field(default_factory=dict)
+    closed_positions: dict[str, PositionRow] = field(default_factory=dict)
+    fills: dict[tuple[str, str], FillRow] = field(default_factory=dict)
+    busts: dict[str, FillBustRow] = field(default_factory=dict)
+    funding: dict[str, FundingRow] = field(default_factory=dict)
+    changes: Changes = field(default_factory=Changes)
+
+    def tables(self) -> dict[str, list[Row]]:
+        """Every row held, per table, sorted by key: what the SQL tables hold for this account."""
+        opened = [self.orders[i] for i in self.open_orders]
+        tables: dict[str, list[Row]] = {
+            "balances": list(self.balances.values()),
+            "account_margins": [self.margins] if self.margins is not None else [],
+            "orders": list(self.orders.values()),
+            "open_orders": opened,  # type: ignore[dict-item]
+            "positions": list(self.positions.values()),
+            "closed_positions": list(self.closed_positions.values()),
+            "fills": list(self.fills.values()),
+            "fill_busts": list(self.busts.values()),
+            "funding_payments": list(self.funding.values()),
+        }
+        return {name: sorted(rows, key=lambda r: r.key_value()) for name, rows in tables.items()}
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    def _put_order(self, row: OrderRow) -> None:
+        self.orders[row.order_id] = row
+        self.changes.upsert("orders", (row.order_id,))
+        if row.is_open:
+            self.open_orders.add(row.order_id)
+            self.changes.upsert("open_orders", (row.order_id,))
+        elif row.order_id in self.open_orders:
+            self.open_orders.discard(row.order_id)
+            self.changes.delete("open_orders", (row.order_id,))
+
+    def _put_position(self, row: PositionRow) -> None:
+        if row.is_open:
+            self.positions[row.market] = row
+            self.changes.upsert("positions", (row.market,))
+            return
+        if self.positions.pop(row.market, None) is not None:
+            self.changes.delete("positions", (row.market,))
+        self.closed_positions[row.market] = row
+        self.changes.upsert("closed_positions", (row.market,))
+
+
+# ------------------------------------------------------------------------------------------ ordering
+
+
+def _is_newer(new: Any, current: Any, *, new_final: bool, current_final: bool) -> bool:
+    """Whether ``new`` may replace ``current`` (both have ``updated_at`` and ``venue_seq``)."""
+    if new.venue_seq is not None and current.venue_seq is not None and new.venue_seq != current.venue_seq:
+        return bool(new.venue_seq > current.venue_seq)
+    if new.updated_at != current.updated_at:
+        return bool(new.updated_at > current.updated_at)
+    return new_final or not current_final
+
+
+# -------------------------------------------------------------------------------------------- folds
+
+
+def _time_or(row: BalanceRow | AccountRow, default: datetime) -> datetime:
+    """The row's ``updated_at``, or (when the venue gave none) the message's time."""
+    at: datetime | None = row.updated_at
+    return at if at is not None else default
+
+
+def fold_balances(state: AccountState, event: FoldEvent) -> None:
+    for item in event.payload["balances"]:
+        row = decode(BalanceRow, item, account=state.account, venue=event.venue, event_id=event.id)
+        row.updated_at = _time_or(row, event.venue_time)
+        current = state.balances.get(row.asset)
+        if current is not None and (row.updated_at < current.updated_at or same_state(row, current)):
+            continue
+        state.balances[row.asset] = row
+        state.changes.upsert("balances", (row.asset,))
+
+
+def fold_margins(state: AccountState, event: FoldEvent) -> None:
+    item = event.payload["summary"]
+    row = decode(AccountRow, item, account=state.account, venue=event.venue, event_id=event.id)
+    row.updated_at = _time_or(row, event.venue_time)
+    current = state.margins
+    if current is not None and (
+        not _is_newer(row, current, new_final=False, current_final=False) or same_state(row, current)
+    ):
+        return
+    state.margins = row
+    state.changes.upsert("account_margins", ())
+
+
+def _apply_order(state: AccountState, row: OrderRow) -> None:
+    current = state.orders.get(row.order_id)
+    if current is not None and (
+        not _is_newer(row, current, new_final=not row.is_open, current_final=not current.is_open)
+        or same_state(row, current)
+    ):
+        return
+    state._put_order(row)
+
+
+def fold_orders(state: AccountState, event: FoldEvent) -> None:
+    items = event.payload["orders"]
+    for item in items:
+        _apply_order(state, decode(OrderRow, item, account=state.account, venue=event.venue, event_id=event.id))
+    if not event.snapshot:
+        return
+    listed = {item["order_id"] for item in items}
+    taken = event.snapshot_time
+    for order_id in sorted(state.open_orders - listed):
+        row = state.orders[order_id]
+        if row.updated_at <= taken:
+            # The venue no longer lists it: it is not working. Its final state is fetched and appended later.
+            state._put_order(dataclasses.replace(row, status=CLOSED_UNCONFIRMED, event_id=event.id))
+
+
+def _apply_position(state: AccountState, row: PositionRow) -> None:
+    current = state.positions.get(row.market) or state.closed_positions.get(row.market)
+    if current is not None and (
+        not _is_newer(row, current, new_final=not row.is_open, current_final=not current.is_open)
+        or same_state(row, current)
+    ):
+        return
+    state._put_position(row)
+
+
+def fold_positions(state: AccountState, event: FoldEvent) -> None:
+    items = event.payload["positions"]
+    for item in items:
+        _apply_position(state, decode(PositionRow, item, account=state.account, venue=event.venue,
+                                      event_id=event.id))  # fmt: skip
+    if not event.snapshot:
+        return
+    listed = {item["market"] for item in items}
+    taken = event.snapshot_time
+    for market in sorted(set(state.positions) - listed):
+        row = state.positions[market]
+        if row.updated_at <= taken:
+            # Closed as of the snapshot: an update older than the snapshot must not open it again.
+            state._put_position(dataclasses.replace(row, size=Decimal(0), status=POSITION_CLOSED,
+                                                    updated_at=taken, venue_seq=None, event_id=event.id))  # fmt: skip
+
+
+def fold_fills(state: AccountState, event: FoldEvent) -> None:
+    for item in event.payload["fills"]:
+        row = decode(FillRow, item, account=state.account, venue=event.venue, event_id=event.id)
+        key = (row.fill_id, row.fill_type)
+        current = state.fills.get(key)
+        bust = state.busts.get(row.fill_id)
+        busted_at = bust.busted_at if bust is not None else (current.busted_at if current is not None else None)
+        row.busted_at = busted_at
+        row.updated_at = max(row.created_at, busted_at) if busted_at is not None else row.created_at
+        if same_state(row, current):
+            continue
+        state.fills[key] = row
+        state.changes.upsert("fills", key)
+
+
+def fold_busts(state: AccountState, event: FoldEvent) -> None:
+    for item in event.payload["busts"]:
+        fill_id = item["fill_id"]
+        if fill_id not in state.busts:  # the first report of a bust is kept
+            bust = decode(FillBustRow, item, account=state.account, venue=event.venue, event_id=event.id)
+            bust.updated_at = bust.busted_at
+            state.busts[fill_id] = bust
+            state.changes.upsert("fill_busts", (fill_id,))
+        busted_at = state.busts[fill_id].busted_at
+        for key in sorted(k for k in state.fills if k[0] == fill_id):
+            fill = state.fills[key]
+            if fill.busted_at is None:
+                state.fills[key] = dataclasses.replace(fill, busted_at=busted_at,
+                                                       updated_at=max(fill.created_at, busted_at),
+                                                       event_id=event.id)  # fmt: skip
+                state.changes.upsert("fills", key)
+
+
+def fold_funding(state: AccountState, event: FoldEvent) -> None:
+    for item in event.payload["payments"]:
+        row = decode(FundingRow, item, account=state.account, venue=event.venue, event_id=event.id)
+        row.updated_at = row.paid_at
+        if same_state(row, state.funding.get(row.payment_id)):
+            continue
+        state.funding[row.payment_id] = row
+        state.changes.upsert("funding_payments", (row.payment_id,))
+
+
+_FOLDS = {
+    EventKind.ORDER.value: fold_orders,
+    EventKind.FILL.value: fold_fills,
+    EventKind.BALANCE.value: fold_balances,
+    EventKind.POSITION.value: fold_positions,
+    EventKind.FUNDING.value: fold_funding,
+    EventKind.FILL_BUST.value: fold_busts,
+    EventKind.ACCOUNT.value: fold_margins,
+}
+
+
+def apply(state: AccountState, event: FoldEvent) -> None:
+    """Fold one event into ``state`` (kinds no projection reads change nothing)."""
+    fold_one = _FOLDS.get(event.kind)
+    if fold_one is not None:
+        fold_one(state, event)
+
+
+def fold(state: AccountState, events: Iterable[FoldEvent]) -> AccountState:
+    """Fold events, in log order, into ``state`` (changed in place, and returned)."""
+    for event in events:
+        apply(state, event)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------- needs
+
+
+@dataclass
+class Needs:
+    """The rows a batch of events can read: what the SQL projector loads before folding it."""
+
+    balances: bool = False
+    margins: bool = False
+    order_ids: set[str] = field(default_factory=set)
+    all_open_orders: bool = False
+    positions: bool = False
+    fill_ids: set[str] = field(default_factory=set)
+    payment_ids: set[str] = field(default_factory=set)
+
+
+def needs(events: Iterable[FoldEvent]) -> Needs:
+    wanted = Needs()
+    for event in events:
+        kind, payload = event.kind, event.payload
+        if kind == EventKind.ORDER:
+            wanted.order_ids.update(o["order_id"] for o in payload["orders"])
+            wanted.all_open_orders |= event.snapshot
+        elif kind == EventKind.FILL:
+            wanted.fill_ids.update(f["fill_id"] for f in payload["fills"])
+        elif kind == EventKind.BALANCE:
+            wanted.balances = True
+        elif kind == EventKind.POSITION:
+            wanted.positions = True
+        elif kind == EventKind.FUNDING:
+            wanted.payment_ids.update(p["payment_id"] for p in payload["payments"])
+        elif kind == EventKind.FILL_BUST:
+            wanted.fill_ids.update(b["fill_id"] for b in payload["busts"])
+        elif kind == EventKind.ACCOUNT:
+            wanted.margins = True
+    return wanted

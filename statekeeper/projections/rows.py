@@ -1,0 +1,338 @@
+"""The rows of the projection tables, as plain Python values. Pure: no I/O.
+
+Each row class is one table: its fields, in order, are the table's columns (:mod:`statekeeper.schema` derives the
+SQLAlchemy tables from them, so the two cannot drift apart). Every row carries ``account``, ``venue``, the venue's
+own ids and fields in snake_case, ``updated_at`` (the venue's time of the state the row holds) and ``event_id``
+(the log position that last changed the row).
+
+The folds (:mod:`.fold`) build rows from stored event payloads (:func:`decode`: the payload was validated
+against the event model when it was appended, so reading it back needs no second validation, only the decimal
+and time conversions); the SQL projector loads and writes them; replay compares them. Rows are treated as
+immutable values (a change makes a new row) but are not frozen: a frozen dataclass costs five times as much to
+create, and the projector creates one per item. Two rows hold the same state when they are equal apart from
+``event_id`` (:func:`same_state`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar, TypeVar
+
+TERMINAL_ORDER_STATUSES: frozenset[str] = frozenset(
+    {"FILLED", "CANCELLED", "REJECTED", "EXPIRED", "CLOSED", "closed_unconfirmed"}
+)
+"""Statuses after which an order never works again: it leaves ``open_orders`` and stays in ``orders``.
+
+``CLOSED`` is Paradex's; ``closed_unconfirmed`` is statekeeper's own, for an order that vanished from a snapshot
+before its final state was known (it is replaced by the final state once that is fetched)."""
+
+CLOSED_UNCONFIRMED = "closed_unconfirmed"
+POSITION_CLOSED = "CLOSED"
+
+
+@dataclass(slots=True)
+class Row:
+    """Columns shared by every projection row come first (``account``, ``venue``) and last (``event_id``)."""
+
+    table: ClassVar[str]
+    key: ClassVar[tuple[str, ...]]
+    """The primary key columns (``account`` first)."""
+
+    def key_value(self) -> tuple[Any, ...]:
+        """The key without ``account``: what identifies the row within its account."""
+        return tuple(getattr(self, name) for name in self.key[1:])
+
+
+def columns(row_type: type[Row]) -> tuple[str, ...]:
+    """The table's columns, in order."""
+    return tuple(f.name for f in dataclasses.fields(row_type))
+
+
+def same_state(a: Row | None, b: Row | None) -> bool:
+    """True if both rows hold the same state (``event_id`` aside)."""
+    if a is None or b is None:
+        return a is b
+    state = _STATE[type(a)]
+    return type(a) is type(b) and state(a) == state(b)
+
+
+@dataclass(slots=True)
+class BalanceRow(Row):
+    table: ClassVar[str] = "balances"
+    key: ClassVar[tuple[str, ...]] = ("account", "asset")
+
+    account: str
+    venue: str
+    asset: str
+    balance: Decimal
+    equity: Decimal | None
+    available_for_trade: Decimal | None
+    available_for_withdrawal: Decimal | None
+    unrealised_pnl: Decimal | None
+    initial_margin: Decimal | None
+    maintenance_margin: Decimal | None
+    margin_ratio: Decimal | None
+    exposure: Decimal | None
+    leverage: Decimal | None
+    status: str | None
+    updated_at: datetime
+    event_id: int
+
+
+@dataclass(slots=True)
+class AccountRow(Row):
+    """Account-level margin figures, where the venue reports them apart from balances (Paradex ``account``)."""
+
+    table: ClassVar[str] = "account_margins"
+    key: ClassVar[tuple[str, ...]] = ("account",)
+
+    account: str
+    venue: str
+    equity: Decimal
+    free_collateral: Decimal | None
+    initial_margin: Decimal | None
+    maintenance_margin: Decimal | None
+    total_collateral: Decimal | None
+    margin_cushion: Decimal | None
+    settlement_asset: str | None
+    status: str | None
+    venue_seq: int | None
+    updated_at: datetime
+    event_id: int
+
+
+@dataclass(slots=True)
+class OrderRow(Row):
+    """One order: its latest state in ``orders``, and in ``open_orders`` too while it works."""
+
+    table: ClassVar[str] = "orders"
+    key: ClassVar[tuple[str, ...]] = ("account", "order_id")
+
+    account: str
+    venue: str
+    order_id: str
+    client_order_id: str | None
+    market: str
+    side: str
+    order_type: str
+    status: str
+    status_reason: str | None
+    price: Decimal | None
+    average_price: Decimal | None
+    qty: Decimal
+    filled_qty: Decimal | None
+    remaining_qty: Decimal | None
+    fee_paid: Decimal | None
+    trigger_price: Decimal | None
+    reduce_only: bool | None
+    post_only: bool | None
+    time_in_force: str | None
+    created_at: datetime | None
+    expires_at: datetime | None
+    venue_seq: int | None
+    updated_at: datetime
+    event_id: int
+
+    @property
+    def is_open(self) -> bool:
+        return self.status not in TERMINAL_ORDER_STATUSES
+
+
+@dataclass(slots=True)
+class OpenOrderRow(OrderRow):
+    """The same columns as :class:`OrderRow`: the orders still working."""
+
+    table: ClassVar[str] = "open_orders"
+
+
+@dataclass(slots=True)
+class PositionRow(Row):
+    """An open position, keyed by market (neither venue hedges: one position per market)."""
+
+    table: ClassVar[str] = "positions"
+    key: ClassVar[tuple[str, ...]] = ("account", "market")
+
+    account: str
+    venue: str
+    market: str
+    side: str
+    position_id: str | None
+    size: Decimal
+    entry_price: Decimal | None
+    mark_price: Decimal | None
+    value: Decimal | None
+    liquidation_price: Decimal | None
+    unrealised_pnl: Decimal | None
+    realised_pnl: Decimal | None
+    leverage: Decimal | None
+    margin: Decimal | None
+    status: str | None
+    created_at: datetime | None
+    venue_seq: int | None
+    updated_at: datetime
+    event_id: int
+
+    @property
+    def is_open(self) -> bool:
+        return self.size != 0 and self.status != POSITION_CLOSED
+
+
+@dataclass(slots=True)
+class ClosedPositionRow(PositionRow):
+    """The last position closed in each market, as last reported: size 0 once closed.
+
+    It also keeps a closed position's time, so that an update older than the close never opens it again.
+    """
+
+    table: ClassVar[str] = "closed_positions"
+
+
+@dataclass(slots=True)
+class FillRow(Row):
+    """One execution. ``busted_at`` is set when the venue reverts it; a busted fill is never deleted.
+
+    Keyed by ``(fill_id, fill_type)``: Paradex's fill ids are unique only per fill type.
+    """
+
+    table: ClassVar[str] = "fills"
+    key: ClassVar[tuple[str, ...]] = ("account", "fill_id", "fill_type")
+
+    account: str
+    venue: str
+    fill_id: str
+    fill_type: str
+    order_id: str | None
+    client_order_id: str | None
+    market: str
+    side: str
+    price: Decimal
+    qty: Decimal
+    value: Decimal | None
+    fee: Decimal
+    fee_asset: str | None
+    is_taker: bool | None
+    realized_pnl: Decimal | None
+    realized_funding: Decimal | None
+    created_at: datetime
+    busted_at: datetime | None
+    updated_at: datetime
+    event_id: int
+
+
+@dataclass(slots=True)
+class FillBustRow(Row):
+    """A tradebust as the venue reported it. Kept apart so that a bust seen before its fill still marks it."""
+
+    table: ClassVar[str] = "fill_busts"
+    key: ClassVar[tuple[str, ...]] = ("account", "fill_id")
+
+    account: str
+    venue: str
+    fill_id: str
+    busted_at: datetime
+    updated_at: datetime
+    event_id: int
+
+
+@dataclass(slots=True)
+class FundingRow(Row):
+    """One funding payment; ``amount`` is signed from the account's side (negative: the account paid)."""
+
+    table: ClassVar[str] = "funding_payments"
+    key: ClassVar[tuple[str, ...]] = ("account", "payment_id")
+
+    account: str
+    venue: str
+    payment_id: str
+    market: str
+    amount: Decimal
+    asset: str | None
+    rate: Decimal | None
+    position_side: str | None
+    position_size: Decimal | None
+    position_value: Decimal | None
+    mark_price: Decimal | None
+    funding_index: Decimal | None
+    fill_id: str | None
+    paid_at: datetime
+    updated_at: datetime
+    event_id: int
+
+
+ROW_TYPES: tuple[type[Row], ...] = (
+    BalanceRow,
+    AccountRow,
+    OrderRow,
+    OpenOrderRow,
+    PositionRow,
+    ClosedPositionRow,
+    FillRow,
+    FillBustRow,
+    FundingRow,
+)
+"""Every projection table, in the order the projector writes them."""
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+R = TypeVar("R", bound=Row)
+
+
+def _converter(hint: Any) -> Callable[[Any], Any] | None:
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else []
+    base = args[0] if args else hint
+    if base is Decimal:
+        return Decimal
+    if base is datetime:
+        return datetime.fromisoformat
+    return None
+
+
+def _compile_decoder(row_type: type[R]) -> Callable[[Mapping[str, Any], str, str, int], R]:
+    """A function ``(item, account, venue, event_id) -> row`` for ``row_type``.
+
+    Generated from the row's own field names (never from input), like :mod:`dataclasses` generates ``__init__``:
+    the projector decodes one row per item, and a generic loop over the fields costs three times as much.
+    """
+    hints = typing.get_type_hints(row_type)
+    lines = ["def decode(item, account, venue, event_id):", "    g = item.get"]
+    arguments = []
+    for name in columns(row_type):
+        convert = _converter(hints[name])
+        if name in ("account", "venue", "event_id"):
+            arguments.append(name)
+        elif convert is None:
+            arguments.append(f"g({name!r})")
+        else:
+            lines.append(f"    v = g({name!r})")
+            lines.append(f"    {name} = None if v is None else {'D' if convert is Decimal else 'T'}(v)")
+            arguments.append(name)
+    lines.append(f"    return cls({', '.join(arguments)})")
+    namespace: dict[str, Any] = {"cls": row_type, "D": Decimal, "T": datetime.fromisoformat}
+    exec("\n".join(lines), namespace)  # noqa: S102 - the source is built from this module's field names only
+    decoder: Callable[[Mapping[str, Any], str, str, int], R] = namespace["decode"]
+    return decoder
+
+
+_DECODERS: dict[type[Row], Callable[[Mapping[str, Any], str, str, int], Any]] = {
+    row_type: _compile_decoder(row_type) for row_type in ROW_TYPES
+}
+_STATE: dict[type[Row], Callable[[Any], tuple[Any, ...]]] = {
+    row_type: operator.attrgetter(*(c for c in columns(row_type) if c != "event_id")) for row_type in ROW_TYPES
+}
+
+
+def decode(row_type: type[R], item: Mapping[str, Any], *, account: str, venue: str, event_id: int) -> R:
+    """A row from one item of a stored payload (JSON: decimals and times as strings, absent fields None).
+
+    Columns the item does not hold (``busted_at``, a derived ``updated_at``) are None: the fold sets them.
+    """
+    row: R = _DECODERS[row_type](item, account, venue, event_id)
+    return row

@@ -1,0 +1,328 @@
+"""Projector workers: follow the log and keep every account's projection tables current.
+
+Every account in the log is projected, whoever ingests it. A worker applies one account's events in order, in
+batches, each batch one transaction with its checkpoint
+(:func:`statekeeper.projections.store.apply_batch`). It wakes on ``NOTIFY`` and polls as the guarantee.
+
+Dividing the accounts. Workers, in one process or several, divide the accounts between them:
+
+* each worker holds a *slot*: a session-level advisory lock ``(21326, n)``, the lowest ``n`` free; the slots held
+  in the database (``pg_locks``) are the live workers;
+* an account belongs to the live slot that ranks highest for it (rendezvous hashing), so accounts spread evenly
+  and only the accounts of a worker that comes or goes move;
+* a worker projects an account only while it holds the account's advisory lock ``(21325, hashtext(account))``,
+  taken when the account becomes its own and released when it no longer is; a worker that dies loses its locks
+  with its connection, and the next rebalance (every ``rebalance_interval_seconds``) gives its accounts away.
+
+None of this is what makes projection exactly-once: the checkpoint row, locked ``FOR UPDATE`` in the batch's
+transaction, is. Two workers that ever raced for one account would apply its events one after the other, never
+twice. The claims only keep them from waiting on each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Collection
+from datetime import UTC, datetime
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from statekeeper.config import ProjectorSettings
+from statekeeper.database import connect
+from statekeeper.errors import DatabaseError
+from statekeeper.eventlog import CONNECTION_ERRORS, LogWaiter
+from statekeeper.logs import log_context
+from statekeeper.projections import store
+
+logger = logging.getLogger(__name__)
+
+MAX_SLOTS = 1024
+
+TAKE_SLOT = "SELECT pg_try_advisory_lock(21326, $1)"
+LIVE_SLOTS = """
+SELECT objid::int AS slot FROM pg_locks
+WHERE locktype = 'advisory' AND classid = 21326 AND objsubid = 2 AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY slot
+"""
+TRY_CLAIM = "SELECT pg_try_advisory_lock(21325, hashtext($1))"
+RELEASE = "SELECT pg_advisory_unlock(21325, hashtext($1))"
+HEAD = "SELECT coalesce(max(id), 0) FROM events"
+
+STATEMENTS: dict[str, str] = {
+    "take_slot": TAKE_SLOT,
+    "live_slots": LIVE_SLOTS,
+    "try_claim": TRY_CLAIM,
+    "release": RELEASE,
+    "head": HEAD,
+}
+
+_ERRORS: tuple[type[BaseException], ...] = (DatabaseError, asyncpg.PostgresError, *CONNECTION_ERRORS)
+
+LAG_CHECK_SECONDS = 1.0
+"""While an account has a backlog, how often its lag is counted in the database."""
+
+
+def owner_of(account: str, slots: Collection[int]) -> int | None:
+    """The slot an account belongs to (rendezvous hashing): stable, and evenly spread."""
+
+    def rank(slot: int) -> bytes:
+        return hashlib.blake2b(f"{slot}\x00{account}".encode(), digest_size=8).digest()
+
+    return max(slots, key=rank, default=None)
+
+
+async def _take_slot(connection: asyncpg.Connection) -> int:
+    for slot in range(MAX_SLOTS):
+        if await connection.fetchval(TAKE_SLOT, slot):
+            return slot
+    raise DatabaseError(f"all {MAX_SLOTS} projector slots are taken")
+
+
+class ProjectorMetrics:
+    """The projectors' Prometheus metrics (on the daemon's registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = self.registry = registry
+        self.applied = Counter(
+            "statekeeper_projector_events", "Events applied to the projection tables", ["account"], registry=r
+        )
+        self.rows = Counter("statekeeper_projector_rows", "Projection rows written or removed", ["account"], registry=r)
+        self.batch_seconds = Histogram(
+            "statekeeper_projector_batch_seconds", "Time to apply one batch (one transaction)", ["account"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r,
+        )  # fmt: skip
+        self.visible_seconds = Histogram(
+            "statekeeper_projector_visible_seconds", "From an event's receipt to its projection rows' commit",
+            ["account"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0),
+            registry=r,
+        )  # fmt: skip
+        self.lag_events = Gauge(
+            "statekeeper_projector_lag_events", "Events in the log not yet applied", ["account"], registry=r
+        )
+        self.lag_seconds = Gauge(
+            "statekeeper_projector_lag_seconds", "Age of the oldest event not yet applied", ["account"], registry=r
+        )
+        self.accounts = Gauge("statekeeper_projector_accounts", "Accounts this worker projects", ["worker"], registry=r)
+        self.errors = Counter("statekeeper_projector_errors", "Batches that failed (retried)", ["account"], registry=r)
+
+
+class ProjectorWorker:
+    """One worker. :meth:`run` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        url: str,
+        pool: asyncpg.Pool,
+        *,
+        settings: ProjectorSettings,
+        stop: asyncio.Event,
+        metrics: ProjectorMetrics | None = None,
+        name: str = "projector",
+    ) -> None:
+        self.url = url
+        self.pool = pool
+        self.settings = settings
+        self.stop = stop
+        self.metrics = metrics
+        self.name = name
+        self.slot: int | None = None
+        self.held: set[str] = set()
+        """The accounts this worker projects now."""
+        self.known: set[str] = set()
+        self.error: str | None = None
+        """The last database error, while the worker cannot reach the database."""
+        self._locks: asyncpg.Connection | None = None
+        self._pending: set[str] = set()
+        self._lag_checked: dict[str, float] = {}
+        self._lag_tasks: set[asyncio.Task[None]] = set()
+        self._cursor = 0
+
+    # --------------------------------------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        waiter = LogWaiter(self.url, poll_interval=self.settings.poll_interval_seconds)
+        try:
+            async with waiter:
+                next_rebalance = 0.0
+                while not self.stop.is_set():
+                    waiter.clear()
+                    try:
+                        if time.monotonic() >= next_rebalance:
+                            await self._rebalance()
+                            next_rebalance = time.monotonic() + self.settings.rebalance_interval_seconds
+                        await self._discover()
+                        await self._catch_up()
+                        self.error = None
+                    except _ERRORS as exc:
+                        self._lost(exc)
+                        next_rebalance = 0.0
+                    if self.stop.is_set():
+                        break
+                    await self._wait(waiter)
+        finally:
+            await self._close()
+
+    async def _wait(self, waiter: LogWaiter) -> None:
+        wake = asyncio.ensure_future(waiter.wait())
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({wake, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_ERRORS):
+                await wake
+
+    # -------------------------------------------------------------------------------------- accounts
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._locks is None or self._locks.is_closed():
+            self._locks = None
+            self.held.clear()
+            self.slot = None
+            connection = await connect(self.url)
+            try:
+                self.slot = await _take_slot(connection)
+                # Where this worker starts following the log; every account it takes is caught up from its
+                # checkpoint anyway, so nothing before this position is missed.
+                self._cursor = int(await connection.fetchval(HEAD))
+                self.known = {r["account"] for r in await connection.fetch(store.ALL_ACCOUNTS)}
+            except BaseException:
+                connection.terminate()
+                raise
+            self._locks = connection
+            logger.info("projector %s holds slot %d", self.name, self.slot, extra={"action": "projector_slot"})
+        return self._locks
+
+    async def _rebalance(self) -> None:
+        """Take the accounts that belong to this worker's slot, and give back the ones that no longer do."""
+        connection = await self._connection()
+        slots = [r["slot"] for r in await connection.fetch(LIVE_SLOTS)]
+        for account in sorted(self.known):
+            ours = owner_of(account, slots) == self.slot
+            if ours and account not in self.held:
+                if await connection.fetchval(TRY_CLAIM, account):
+                    self.held.add(account)
+                    self._pending.add(account)
+                    await store.ensure_checkpoint(connection, account)
+                    logger.info("projecting account %s", account,
+                                extra={"action": "projector_claimed", "account": account})  # fmt: skip
+            elif not ours and account in self.held:
+                await connection.fetchval(RELEASE, account)
+                self.held.discard(account)
+                self._pending.discard(account)
+                logger.info("handing account %s to another worker", account,
+                            extra={"action": "projector_released", "account": account})  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.accounts.labels(self.name).set(len(self.held))
+
+    async def _discover(self) -> None:
+        """Which accounts have events since the last look; new accounts trigger a rebalance to be claimed."""
+        connection = await self._connection()
+        found = await connection.fetch(store.ACCOUNTS_SINCE, self._cursor)
+        new = False
+        for record in found:
+            account = record["account"]
+            self._cursor = max(self._cursor, record["head"])
+            if account not in self.known:
+                self.known.add(account)
+                new = True
+            if account in self.held:
+                self._pending.add(account)
+        if new:
+            await self._rebalance()
+
+    # -------------------------------------------------------------------------------------- applying
+
+    async def _catch_up(self) -> None:
+        """Apply every pending account's events, one batch per account in turn, until none is pending."""
+        while self._pending and not self.stop.is_set():
+            for account in sorted(self._pending):
+                if self.stop.is_set():
+                    return
+                if account not in self.held:
+                    self._pending.discard(account)
+                    continue
+                if not await self._step(account):
+                    self._pending.discard(account)
+
+    async def _step(self, account: str) -> bool:
+        """One batch of one account; True if more events are waiting."""
+        started = time.perf_counter()
+        with log_context(account=account):
+            try:
+                async with self.pool.acquire() as conn:
+                    result = await store.apply_batch(conn, account, limit=self.settings.batch_size)
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, asyncpg.PostgresConnectionError):
+                    raise
+                if self.metrics is not None:
+                    self.metrics.errors.labels(account).inc()
+                logger.exception("projecting account %s failed; retrying at the next wake-up", account,
+                                 extra={"action": "projector_failed"})  # fmt: skip
+                return False
+        self._observe(result, time.perf_counter() - started)
+        return result.full
+
+    def _observe(self, result: store.BatchResult, seconds: float) -> None:
+        if self.metrics is None or result.events == 0:
+            return
+        m = self.metrics
+        account = result.account
+        m.applied.labels(account).inc(result.events)
+        m.rows.labels(account).inc(result.rows)
+        m.batch_seconds.labels(account).observe(seconds)
+        if result.oldest_received_at is not None:
+            visible = (datetime.now(UTC) - result.oldest_received_at).total_seconds()
+            m.visible_seconds.labels(account).observe(max(0.0, visible))
+        if not result.full:
+            m.lag_events.labels(account).set(0)
+            m.lag_seconds.labels(account).set(0)
+            return
+        now = time.monotonic()
+        if now - self._lag_checked.get(account, 0.0) >= LAG_CHECK_SECONDS:
+            self._lag_checked[account] = now
+            task = asyncio.get_running_loop().create_task(self._count_lag(account))
+            self._lag_tasks.add(task)
+            task.add_done_callback(self._lag_tasks.discard)
+
+    async def _count_lag(self, account: str) -> None:
+        if self.metrics is None:
+            return
+        with contextlib.suppress(*_ERRORS):
+            async with self.pool.acquire() as conn:
+                record = await conn.fetchrow(store.LAG, account, store.CHECKPOINT)
+            if record is not None:
+                self.metrics.lag_events.labels(account).set(record["events"])
+                oldest = record["oldest"]
+                age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+                self.metrics.lag_seconds.labels(account).set(max(0.0, age))
+
+    # -------------------------------------------------------------------------------------- shutdown
+
+    def _lost(self, exc: BaseException) -> None:
+        self.error = str(exc)
+        logger.warning("projector %s lost the database (%s); its accounts are taken again when it is back",
+                       self.name, exc, extra={"action": "projector_database_lost"})  # fmt: skip
+        if self._locks is not None:
+            self._locks.terminate()
+        self._locks = None
+        self.held.clear()
+        self._pending.clear()
+
+    async def _close(self) -> None:
+        for task in list(self._lag_tasks):
+            task.cancel()
+        if self._locks is not None:
+            connection, self._locks = self._locks, None
+            try:
+                await connection.close(timeout=5)
+            except _ERRORS:
+                connection.terminate()
+        self.held.clear()

@@ -1,0 +1,340 @@
+"""Projector workers against a real PostgreSQL: dividing accounts, exactly-once application, take-over, rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+from statekeeper.cli import app
+from statekeeper.config import ProjectorSettings
+from statekeeper.database import connect
+from statekeeper.eventlog import PostgresEventLog
+from statekeeper.events import (
+    Balance,
+    BalanceBody,
+    Event,
+    Fill,
+    FillBody,
+    Order,
+    OrderBody,
+    Position,
+    PositionBody,
+    PositionSide,
+    Side,
+    Source,
+    natural_key,
+)
+from statekeeper.migrations import check
+from statekeeper.projections import store
+from statekeeper.projections.fold import AccountState, FoldEvent, fold
+from statekeeper.projections.rebuild import rebuild
+from statekeeper.projections.worker import STATEMENTS, ProjectorMetrics, ProjectorWorker, owner_of
+from tests.ingest_support import wait_until
+
+T0 = datetime(2026, 11, 22, 10, tzinfo=UTC)
+FAST = ProjectorSettings(batch_size=50, poll_interval_seconds=0.2, rebalance_interval_seconds=0.2)
+
+
+def activity(account: str, count: int, *, seed: int, start: int = 0) -> list[Event]:
+    """A deterministic mix of order updates, snapshots, fills, balances and positions for one account."""
+    rng = random.Random(f"{account}:{seed}:{start}")
+    events: list[Event] = []
+    for n in range(start, start + count):
+        at = T0 + timedelta(milliseconds=n * 10)
+        roll = rng.random()
+        snapshot = False
+        order_ids = [f"{account}-o{rng.randrange(8)}"]
+        if roll < 0.45:
+            status = rng.choice(["NEW", "PARTIALLY_FILLED", "FILLED", "CANCELLED"])
+            body: OrderBody | FillBody | BalanceBody | PositionBody = OrderBody(
+                orders=tuple(
+                    Order(order_id=oid, market="BTC-USD", side=Side.BUY, order_type="LIMIT", status=status,
+                          price=Decimal("100.5"), qty=Decimal(3), filled_qty=Decimal(n % 3), updated_at=at)
+                    for oid in order_ids
+                )
+            )  # fmt: skip
+        elif roll < 0.5:
+            snapshot = True
+            body = OrderBody(
+                orders=tuple(
+                    Order(order_id=f"{account}-o{i}", market="BTC-USD", side=Side.SELL, order_type="LIMIT",
+                          status="NEW", price=Decimal(101), qty=Decimal(1), updated_at=at)
+                    for i in range(rng.randrange(3))
+                )
+            )  # fmt: skip
+        elif roll < 0.75:
+            fill_id = f"f{rng.randrange(n + 1)}"  # sometimes a fill seen before: a duplicate
+            body = FillBody(
+                fills=(
+                    Fill(fill_id=fill_id, market="BTC-USD", side=Side.BUY, price=Decimal("100.5"), qty=Decimal(1),
+                         fee=Decimal("0.01"), created_at=T0 + timedelta(seconds=int(fill_id[1:]))),
+                )
+            )  # fmt: skip
+        elif roll < 0.9:
+            body = BalanceBody(balances=(Balance(asset="USD", balance=Decimal(1000 + n), updated_at=at),))
+        else:
+            size = Decimal(rng.randrange(3))
+            body = PositionBody(
+                positions=(
+                    Position(market=rng.choice(["BTC-USD", "ETH-USD"]), side=PositionSide.LONG, size=size,
+                             updated_at=at),
+                )
+            )  # fmt: skip
+        events.append(
+            Event(
+                account=account,
+                venue="extended",
+                source=Source.STREAM,
+                body=body,
+                snapshot=snapshot,
+                venue_time=at,
+                received_at=at,
+                key=natural_key("test", n),
+                raw="{}",
+            )
+        )
+    return events
+
+
+async def pure_tables(log: PostgresEventLog, account: str) -> dict[str, list[object]]:
+    stored = await log.read(0, limit=1_000_000, accounts=[account])
+    return fold(AccountState(account), [FoldEvent.of(e) for e in stored]).tables()  # type: ignore[return-value]
+
+
+async def heads(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT account, max(id) AS head FROM events GROUP BY account")
+    return {r["account"]: r["head"] for r in rows}
+
+
+async def checkpoints(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT account, position FROM projector_checkpoints WHERE name = $1", store.CHECKPOINT)
+    return {r["account"]: r["position"] for r in rows}
+
+
+def caught_up(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await checkpoints(pool) == await heads(pool)
+
+    return check
+
+
+@asynccontextmanager
+async def workers(
+    url: str, pool: asyncpg.Pool, count: int, metrics: ProjectorMetrics | None = None
+) -> AsyncIterator[list[tuple[ProjectorWorker, asyncio.Task[None]]]]:
+    stop = asyncio.Event()
+    running = []
+    for number in range(count):
+        worker = ProjectorWorker(url, pool, settings=FAST, stop=stop, metrics=metrics, name=f"w{number}")
+        running.append((worker, asyncio.create_task(worker.run())))
+    try:
+        yield running
+    finally:
+        stop.set()
+        await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+
+
+def applied_total(metrics: ProjectorMetrics) -> float:
+    return sum(s.value for m in metrics.applied.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+async def test_every_statement_prepares(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        for name, sql in {**store.STATEMENTS, **STATEMENTS}.items():
+            assert await conn.prepare(sql) is not None, name
+
+
+def test_owner_of_is_stable_and_spreads_accounts() -> None:
+    accounts = [f"acc-{i}" for i in range(300)]
+    owners = [owner_of(a, [0, 1, 2]) for a in accounts]
+    assert owners == [owner_of(a, [2, 1, 0]) for a in accounts]
+    assert min(owners.count(s) for s in (0, 1, 2)) > 60
+    # A fourth worker takes accounts only from the others, never moves one between the first three.
+    moved = [(before, owner_of(a, [0, 1, 2, 3])) for a, before in zip(accounts, owners, strict=True)]
+    assert all(after in (before, 3) for before, after in moved)
+    assert owner_of("x", []) is None
+
+
+async def test_workers_divide_accounts_and_apply_each_event_once(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    accounts = [f"acc-{i}" for i in range(12)]
+    for account in accounts:
+        await log.append(activity(account, 120, seed=1))
+    metrics = ProjectorMetrics(__import__("prometheus_client").CollectorRegistry())
+    async with workers(database_url, pool, 3, metrics) as running:
+        await wait_until(caught_up(pool), what="every account projected")
+        # More events while they run: each goes to the account's one worker.
+        for account in accounts:
+            await log.append(activity(account, 40, seed=1, start=120))
+        await wait_until(caught_up(pool), what="the new events projected")
+        held = [set(w.held) for w, _ in running]
+    assert sorted(a for h in held for a in h) == sorted(accounts), "each account held by exactly one worker"
+    assert all(held), f"every worker has accounts: {held}"
+    assert applied_total(metrics) == 12 * 160, "every event applied exactly once"
+    async with pool.acquire() as conn:
+        for account in accounts:
+            assert await store.read_tables(conn, account) == await pure_tables(log, account)
+
+
+async def test_a_dead_workers_accounts_are_taken_over(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    accounts = [f"acc-{i}" for i in range(6)]
+    for account in accounts:
+        await log.append(activity(account, 30, seed=2))
+    async with workers(database_url, pool, 2) as running:
+        await wait_until(caught_up(pool), what="every account projected")
+        (first, first_task), (second, _) = running
+        victims = set(first.held)
+        assert victims
+        first_task.cancel()  # the worker dies; its connection and with it its claims go
+        await asyncio.gather(first_task, return_exceptions=True)
+        for account in accounts:
+            await log.append(activity(account, 30, seed=2, start=30))
+
+        async def taken_over() -> bool:
+            return victims <= second.held and await caught_up(pool)()
+
+        await wait_until(taken_over, what="the survivor takes the dead worker's accounts")
+    async with pool.acquire() as conn:
+        for account in accounts:
+            assert await store.read_tables(conn, account) == await pure_tables(log, account)
+
+
+async def test_workers_in_another_process_share_the_accounts(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    accounts = [f"acc-{i}" for i in range(10)]
+    for account in accounts:
+        await log.append(activity(account, 50, seed=3))
+    env = {**os.environ, "STATEKEEPER_DATABASE_URL": database_url, "STATEKEEPER_INGEST_METRICS_PORT": "0",
+           "STATEKEEPER_PROJECTOR_REBALANCE_INTERVAL_SECONDS": "0.2"}  # fmt: skip
+    other = subprocess.Popen(  # noqa: ASYNC220 - a child process for the test's whole length
+        [sys.executable, "-m", "statekeeper", "project"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+
+        async def two_slots() -> bool:
+            return len(await pool.fetch(STATEMENTS["live_slots"])) == 1
+
+        await wait_until(two_slots, what="the other process holds a slot")
+        async with workers(database_url, pool, 1) as running:
+            for account in accounts:
+                await log.append(activity(account, 50, seed=3, start=50))
+
+            async def divided() -> bool:
+                mine = running[0][0].held
+                return 0 < len(mine) < len(accounts) and await caught_up(pool)()
+
+            await wait_until(divided, what="the accounts divided between the processes and projected")
+    finally:
+        other.terminate()
+        output, _ = other.communicate(timeout=60)
+    assert other.returncode == 0, output.decode()
+    async with pool.acquire() as conn:
+        for account in accounts:
+            assert await store.read_tables(conn, account) == await pure_tables(log, account)
+
+
+async def test_rebuild_swaps_in_tables_equal_to_the_log_while_appends_go_on(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    accounts = ["r1", "r2", "r3"]
+    for account in accounts:
+        await log.append(activity(account, 300, seed=4))
+    stop_appending = asyncio.Event()
+
+    async def append_forever() -> int:
+        n = 300
+        while not stop_appending.is_set():
+            for account in accounts:
+                await log.append(activity(account, 5, seed=4, start=n))
+            n += 5
+        return n
+
+    async with workers(database_url, pool, 1):
+        await wait_until(caught_up(pool), what="projected once")
+        # Damage the live projection: the rebuild, a pure function of the log, must repair it.
+        await pool.execute("UPDATE balances SET balance = -1 WHERE account = 'r1'")
+        await pool.execute("DELETE FROM fills WHERE account = 'r2'")
+        appender = asyncio.create_task(append_forever())
+        messages: list[str] = []
+        report = await rebuild(database_url, batch_size=100, progress=messages.append)
+        stop_appending.set()
+        await appender
+        await wait_until(caught_up(pool), what="the live worker catches up after the swap")
+    assert report.accounts == tuple(accounts)
+    assert report.events >= 900
+    assert messages[-1].startswith("rebuilt 3 accounts")
+    async with pool.acquire() as conn:
+        for account in accounts:
+            assert await store.read_tables(conn, account) == await pure_tables(log, account)
+        assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'statekeeper_rebuild'") == 0
+    assert await check(database_url) == []
+
+
+async def test_project_once_and_rebuild_from_the_command_line(database_url: str, log: PostgresEventLog) -> None:
+    await log.append(activity("c1", 40, seed=5) + activity("c2", 40, seed=5))
+    runner = CliRunner()
+    env = {"STATEKEEPER_DATABASE_URL": database_url}
+    result = await asyncio.to_thread(runner.invoke, app, ["project", "--once"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "applied 80 events to the projections of 2 accounts" in result.output
+    result = await asyncio.to_thread(runner.invoke, app, ["project", "--rebuild", "--account", "c2"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "rebuilt 1 accounts: 40 events" in result.output
+    result = await asyncio.to_thread(runner.invoke, app, ["project", "--account", "c2"], env=env)
+    assert result.exit_code == 2
+    assert "--account needs --once or --rebuild" in result.output
+    conn = await connect(database_url)
+    try:
+        for account in ("c1", "c2"):
+            assert await store.read_tables(conn, account) == await pure_tables(log, account)
+    finally:
+        await conn.close()
+
+
+async def test_db_check_finds_a_missing_view(database_url: str, pool: asyncpg.Pool) -> None:
+    await pool.execute("DROP VIEW account_summary")
+    problems = await check(database_url)
+    assert any("view account_summary is missing" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("venue_reports_margins", [False, True])
+async def test_account_summary_view(pool: asyncpg.Pool, log: PostgresEventLog, venue_reports_margins: bool) -> None:
+    await log.append(activity("s1", 200, seed=6))
+    async with pool.acquire() as conn:
+        await store.catch_up(conn, ["s1"], limit=1000)
+        if venue_reports_margins:
+            await conn.execute(
+                "INSERT INTO account_margins (account, venue, equity, free_collateral, updated_at, event_id) "
+                "VALUES ('s1', 'paradex', 5000, 4000, now(), 1)"
+            )
+        row = await conn.fetchrow("SELECT * FROM account_summary WHERE account = 's1'")
+        open_orders = await conn.fetchval("SELECT count(*) FROM open_orders WHERE account = 's1'")
+        balance = await conn.fetchval("SELECT balance FROM balances WHERE account = 's1'")
+    assert row is not None
+    assert row["open_orders"] == open_orders
+    assert row["venue"] == "extended"
+    assert row["stream_state"] == "none"
+    assert row["last_event_id"] == (await heads(pool))["s1"]
+    if venue_reports_margins:
+        assert (row["equity"], row["available_balance"]) == (5000, 4000)
+    else:
+        assert balance is not None
+        assert row["equity"] is None  # the test balances carry no equity figure
