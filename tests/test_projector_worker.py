@@ -338,3 +338,29 @@ async def test_account_summary_view(pool: asyncpg.Pool, log: PostgresEventLog, v
     else:
         assert balance is not None
         assert row["equity"] is None  # the test balances carry no equity figure
+
+
+async def test_an_event_the_folds_cannot_read_stops_only_its_account(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    await log.append(activity("good", 20, seed=7) + activity("bad", 5, seed=7))
+    # A payload that cannot have passed the event model (no "orders"): only a bug or a hand-made row could do it.
+    await pool.execute(
+        "INSERT INTO events (account, venue, event_key, kind, snapshot, source, venue_time, received_at, payload, "
+        "content_hash) VALUES ('bad', 'extended', 'poison', 'order', false, 'stream', now(), now(), '{}', "
+        "sha256('x'))"
+    )
+    await log.append(activity("good", 20, seed=7, start=20) + activity("bad", 5, seed=7, start=5))
+    async with workers(database_url, pool, 1) as running:
+        worker = running[0][0]
+
+        async def good_done_bad_failing() -> bool:
+            done = (await checkpoints(pool)).get("good") == (await heads(pool))["good"]
+            return done and "bad" in worker.failing
+
+        await wait_until(good_done_bad_failing, what="the good account projected, the bad one failing")
+        assert "KeyError" in worker.failing["bad"]
+        assert not running[0][1].done(), "the worker goes on"
+    position = (await checkpoints(pool))["bad"]
+    poison = await pool.fetchval("SELECT id FROM events WHERE event_key = 'poison'")
+    assert position < poison, "nothing at or after the unreadable event was applied"

@@ -292,7 +292,8 @@ class Daemon:
             a for a in accounts.values() if a["state"] in ("streaming", "polling", "connecting", "waiting", "starting")
         ]
         projectors = [
-            {"worker": p.name, "slot": p.slot, "accounts": sorted(p.held), "error": p.error} for p in self.projectors
+            {"worker": p.name, "slot": p.slot, "accounts": sorted(p.held), "error": p.error, "failing": p.failing}
+            for p in self.projectors
         ]
         database_ok = all(rt.writer.healthy for rt in self.accounts.values()) and not any(
             p.error for p in self.projectors

@@ -137,6 +137,8 @@ class ProjectorWorker:
         self.known: set[str] = set()
         self.error: str | None = None
         """The last database error, while the worker cannot reach the database."""
+        self.failing: dict[str, str] = {}
+        """Accounts whose last batch failed, and why."""
         self._locks: asyncpg.Connection | None = None
         self._pending: set[str] = set()
         self._lag_checked: dict[str, float] = {}
@@ -253,20 +255,26 @@ class ProjectorWorker:
                     self._pending.discard(account)
 
     async def _step(self, account: str) -> bool:
-        """One batch of one account; True if more events are waiting."""
+        """One batch of one account; True if more events are waiting.
+
+        A batch that fails for any reason but a lost connection is rolled back and retried at the next wake-up;
+        the account waits meanwhile (its lag shows it, and ``failing`` says why), and the other accounts go on.
+        """
         started = time.perf_counter()
         with log_context(account=account):
             try:
                 async with self.pool.acquire() as conn:
                     result = await store.apply_batch(conn, account, limit=self.settings.batch_size)
-            except asyncpg.PostgresError as exc:
-                if isinstance(exc, asyncpg.PostgresConnectionError):
-                    raise
+            except (asyncpg.PostgresConnectionError, *CONNECTION_ERRORS):
+                raise
+            except Exception as exc:
+                self.failing[account] = f"{type(exc).__name__}: {exc}"
                 if self.metrics is not None:
                     self.metrics.errors.labels(account).inc()
                 logger.exception("projecting account %s failed; retrying at the next wake-up", account,
                                  extra={"action": "projector_failed"})  # fmt: skip
                 return False
+        self.failing.pop(account, None)
         self._observe(result, time.perf_counter() - started)
         return result.full
 
