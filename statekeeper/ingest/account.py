@@ -15,6 +15,8 @@
    seconds. After ``fallback_after_failures`` failures in a row the account is also served by *REST polling*
    (a ``rest_poll`` session, snapshots with source ``rest``) until a stream session opens again.
 4. *Poll* (``mode = "rest"``): one polling session for the daemon's life.
+5. *Resolve*, beside the sessions in both modes: the orders a snapshot stopped listing (``closed_unconfirmed`` in
+   ``orders``) are fetched by id and their final states appended (:mod:`statekeeper.ingest.resolve`).
 
 A session ends by closing the connection and reading what the venue sent until its close frame, so no frame
 already sent is left unread. A :class:`FatalVenueError` (HTTP 401/403, a refused token) ends the account with
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -59,6 +61,7 @@ from statekeeper.ingest.drivers import AccountStream, VenueDriver
 from statekeeper.ingest.ledgers import Ledgers, later
 from statekeeper.ingest.metrics import IngestMetrics
 from statekeeper.ingest.records import Origin
+from statekeeper.ingest.resolve import OrderResolver
 from statekeeper.ingest.sequence import ContiguousSequence
 from statekeeper.ingest.writer import AccountWriter, SessionClose, SessionOpen, WriterStopped
 from statekeeper.logs import log_context
@@ -142,6 +145,17 @@ class AccountIngest:
             maximum=options.reconnect_max_seconds,
             healthy_after=options.healthy_after_seconds,
         )
+        self._fatal: FatalVenueError | None = None
+        """A refused credential met beside the sessions (by the resolver): the sessions end with reason fatal."""
+        self.resolver = OrderResolver(
+            account=account,
+            source=driver,
+            origin=lambda: Origin(self.account, self.venue, self.session),
+            submit=self._submit_event,
+            interval=options.resolve_interval_seconds,
+            metrics=metrics,
+            rest_failed=self._rest_failed,
+        )
         self._set_state(AccountState.STARTING)
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -175,9 +189,9 @@ class AccountIngest:
             try:
                 await self._recover()
                 if self.mode == "rest":
-                    await self._poll_session("connect", until=None)
+                    await self._beside_resolver(self._poll_session("connect", until=None))
                 else:
-                    await self._stream_forever()
+                    await self._beside_resolver(self._stream_forever())
             except _Stop:
                 pass
             except FatalVenueError as exc:
@@ -193,6 +207,30 @@ class AccountIngest:
             finally:
                 await self.driver.close()
             self._set_state(AccountState.STOPPED)
+
+    async def _beside_resolver(self, sessions: Coroutine[Any, Any, None]) -> None:
+        """Run the account's sessions with the order resolver beside them, for as long as the sessions run.
+
+        The resolver returns only once the daemon stops; if it fails (a refused credential, or a bug), the sessions
+        are ended (closed with reason ``fatal`` for a refused credential) and its error is raised.
+        """
+        main = asyncio.create_task(sessions, name=f"sessions-{self.account}")
+        resolver = asyncio.create_task(self.resolver.run(self.pool, self.stop), name=f"resolve-{self.account}")
+        try:
+            await asyncio.wait({main, resolver}, return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                failure = resolver.exception()
+                if failure is not None:
+                    if isinstance(failure, FatalVenueError):
+                        self._fatal = failure
+                    main.cancel()
+                    await asyncio.wait({main})
+                    raise failure
+            await main
+        finally:
+            for task in (resolver, main):
+                task.cancel()
+            await asyncio.gather(resolver, main, return_exceptions=True)
 
     # ------------------------------------------------------------------------------------------ recovery
 
@@ -381,8 +419,11 @@ class AccountIngest:
             except BaseException as exc:
                 # A bug or a hard cancel: the session still gets its end, so no row stays open behind us.
                 why = CloseReason.SHUTDOWN if isinstance(exc, asyncio.CancelledError) else CloseReason.ERROR
+                detail = f"ended by {type(exc).__name__}: {exc}"
+                if self._fatal is not None:
+                    why, detail = CloseReason.FATAL, str(self._fatal)
                 with contextlib.suppress(WriterStopped):
-                    self._close_session(origin, why, f"ended by {type(exc).__name__}: {exc}"[:500], None)
+                    self._close_session(origin, why, detail[:500], None)
                 with contextlib.suppress(Exception):
                     await stream.close()
                 raise
@@ -654,6 +695,8 @@ class AccountIngest:
                         close_reason, detail = CloseReason.STREAM_RESTORED, "the stream is back"
                         break
             finally:
+                if self._fatal is not None:
+                    close_reason, detail = CloseReason.FATAL, str(self._fatal)
                 self._close_session(origin, close_reason, detail, None)
                 self.fallback = False
                 if self.metrics is not None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, Self
 
 from pydantic import SecretStr
 
-from statekeeper.events import AccountBody, BalanceBody, Body, OrderBody, PositionBody
+from statekeeper.events import AccountBody, BalanceBody, Body, Order, OrderBody, PositionBody
 from statekeeper.events import LedgerMark as Mark
 from statekeeper.venues import venue_spec
 from statekeeper.venues.base import FrameContext, Item, ParseOutcome, SequenceKind
@@ -78,6 +78,11 @@ class VenueDriver(Protocol):
     def parse(self, data: str | bytes, context: FrameContext) -> ParseOutcome: ...
     async def snapshots(self) -> list[Snapshot]: ...
     def ledger(self, what: str, since: Mark, markets: Collection[str]) -> AsyncIterator[Item[Any]]: ...
+    async def order(self, order_id: str) -> Item[Order]:
+        """One order by id, in its current state. An id the venue does not know is a
+        :class:`~statekeeper.venues.errors.NonRetryableVenueError` (HTTP 404), never "the order is gone"."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -136,6 +141,9 @@ class ExtendedDriver(_Base):
         if what == "transfer":
             return self._transfers_since(self.start_of(since))
         raise ValueError(f"extended has no {what} ledger here")
+
+    async def order(self, order_id: str) -> Item[Order]:
+        return await self.rest.order(order_id)
 
     async def _transfers_since(self, start: datetime) -> AsyncIterator[Item[Any]]:
         """Asset operations (deposits, withdrawals, transfers) from ``start``. Pages come newest first by id, that
@@ -213,6 +221,9 @@ class ParadexDriver(_Base):
         if what == "bust":
             return self.rest.tradebusts_since(start)
         raise ValueError(f"paradex has no {what} ledger")
+
+    async def order(self, order_id: str) -> Item[Order]:
+        return await self.rest.order(order_id)
 
     async def close(self) -> None:
         await self.rest.close()

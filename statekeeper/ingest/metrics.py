@@ -49,6 +49,11 @@ class IngestMetrics:
             "statekeeper_backfilled_items", "Items fetched over REST by backfills and polls", ["account", "what"],
             registry=r,
         )  # fmt: skip
+        self.orders_resolved = Counter(
+            "statekeeper_orders_resolved",
+            "Orders a snapshot no longer listed, fetched by id, by outcome (submitted, unchanged, not_found, "
+            "rejected, failed)", ["account", "outcome"], registry=r,
+        )  # fmt: skip
         self.rest_errors = Counter(
             "statekeeper_rest_errors", "REST calls that failed after their retries", ["account"], registry=r
         )

@@ -8,7 +8,10 @@ Keys are deterministic, so a retried write or a repeated fetch is one event:
   counts the fetches of the session (a poll, a seed after subscribing);
 * a REST ledger item (a fill, a funding payment, a transfer, a bust): ``rest:<what>:<venue ids>``, the same for
   every fetch of it. The key starts with ``rest`` because the source is part of an event's content: the same fill
-  streamed and fetched is two events with different keys, one fill id for the projections.
+  streamed and fetched is two events with different keys, one fill id for the projections;
+* an order fetched by id (the final state of an order a snapshot no longer lists):
+  ``rest:order:<order id>:<updated_at>:<venue seq>``, so the same answer fetched twice is one event and a
+  different answer a new one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from statekeeper.events import (
     FundingBody,
     GapDetected,
     LedgerMark,
+    Order,
+    OrderBody,
     ResyncCompleted,
     ResyncStarted,
     SessionClosed,
@@ -124,6 +129,20 @@ def ledger_event(origin: Origin, what: str, item: Item[Any], *, fetched_at: date
         raise ValueError(f"unknown ledger {what!r}")
     return Event(account=origin.account, venue=origin.venue, source=Source.REST, body=body, venue_time=at,
                  received_at=fetched_at, session=origin.session, key=natural_key("rest", what, *ids),
+                 raw=item.raw)  # fmt: skip
+
+
+def order_event(origin: Origin, item: Item[Order], *, fetched_at: datetime) -> Event:
+    """One order fetched by id over REST (not a snapshot: it says nothing of other orders) as one event.
+
+    ``venue_time`` is the order's ``updated_at``; the key holds the order id, that time and the venue's update
+    number, so fetching the same state again is the same event.
+    """
+    order = item.record
+    key = natural_key("rest", "order", order.order_id, order.updated_at.isoformat(),
+                      order.venue_seq if order.venue_seq is not None else "")  # fmt: skip
+    return Event(account=origin.account, venue=origin.venue, source=Source.REST, body=OrderBody(orders=(order,)),
+                 venue_time=order.updated_at, received_at=fetched_at, session=origin.session, key=key,
                  raw=item.raw)  # fmt: skip
 
 

@@ -20,7 +20,8 @@ log (DESIGN.md invariant 4). One fold per projection:
 
 Order of updates: an update older than the row it would replace never overwrites it. Older means a lower venue
 update number (Paradex ``seq_no``) where both have one, otherwise an earlier venue time; between two updates of
-the same version a terminal state wins, and otherwise the later message in the log. An open order or position a
+the same version a terminal state wins (but not over ``closed_unconfirmed``, only a guess: the venue's answer
+replaces it), and otherwise the later message in the log. An open order or position a
 snapshot does not list is removed only if the row is not newer than the snapshot itself (a REST snapshot's time is
 when its request was sent, a stream snapshot's the venue's time), so a stream update that overtook a slower REST
 snapshot survives it.
@@ -218,11 +219,13 @@ def fold_margins(state: AccountState, event: FoldEvent) -> None:
 
 def _apply_order(state: AccountState, row: OrderRow) -> None:
     current = state.orders.get(row.order_id)
-    if current is not None and (
-        not _is_newer(row, current, new_final=not row.is_open, current_final=not current.is_open)
-        or same_state(row, current)
-    ):
-        return
+    if current is not None:
+        # closed_unconfirmed is statekeeper's guess, not the venue's word: the venue's answer for the same version
+        # replaces it (the order was working after all), where a venue's terminal state would win the tie.
+        guessed = current.status == CLOSED_UNCONFIRMED
+        final = not current.is_open and not guessed
+        if not _is_newer(row, current, new_final=not row.is_open, current_final=final) or same_state(row, current):
+            return
     state._put_order(row)
 
 
