@@ -246,9 +246,10 @@ def fold_orders(state: AccountState, event: FoldEvent) -> None:
 
 def _apply_position(state: AccountState, row: PositionRow) -> None:
     current = state.positions.get(row.market) or state.closed_positions.get(row.market)
+    # Between two reports of the same version the later one wins: a close inferred from a snapshot is not more
+    # final than the venue's next report of the position.
     if current is not None and (
-        not _is_newer(row, current, new_final=not row.is_open, current_final=not current.is_open)
-        or same_state(row, current)
+        not _is_newer(row, current, new_final=False, current_final=False) or same_state(row, current)
     ):
         return
     state._put_position(row)
@@ -266,9 +267,10 @@ def fold_positions(state: AccountState, event: FoldEvent) -> None:
     for market in sorted(set(state.positions) - listed):
         row = state.positions[market]
         if row.updated_at <= taken:
-            # Closed as of the snapshot: an update older than the snapshot must not open it again.
+            # Closed as of the snapshot. The closed row keeps the position's own (venue) time and version: an
+            # update older than what was known stays ignored, any later one (on the venue's clock) applies.
             state._put_position(dataclasses.replace(row, size=Decimal(0), status=POSITION_CLOSED,
-                                                    updated_at=taken, venue_seq=None, event_id=event.id))  # fmt: skip
+                                                    event_id=event.id))  # fmt: skip
 
 
 def fold_fills(state: AccountState, event: FoldEvent) -> None:
