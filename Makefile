@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.append
 	$(BIN)/python -m bench.parse
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.projector
 
 ## apply migrations to the configured database (or the embedded one)
 migrate: $(STAMP)

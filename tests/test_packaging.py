@@ -44,6 +44,14 @@ def test_ingest_benchmark_runs_in_its_quick_form() -> None:
         assert figure in stdout
 
 
+def test_projector_benchmark_runs_in_its_quick_form() -> None:
+    stdout = _quick("bench.projector")
+    for figure in ("apply_batch loop", "ProjectorWorker", "read + parse", "pure fold", "raw COPY", "split of",
+                   "mix:", "frames/s achieved", "p50", "p99", "ingest only", "target"):  # fmt: skip
+        assert figure in stdout
+    assert "latency, extended" in stdout and "latency, paradex" in stdout
+
+
 def _cli_paths(group: TyperGroup, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
     paths = set()
     for name, command in group.commands.items():
