@@ -20,8 +20,8 @@ log (DESIGN.md invariant 4). One fold per projection:
 
 Order of updates: an update older than the row it would replace never overwrites it. Older means a lower venue
 update number (Paradex ``seq_no``) where both have one, otherwise an earlier venue time; between two updates of
-the same version a terminal state wins (but not over ``closed_unconfirmed``, only a guess: the venue's answer
-replaces it), and otherwise the later message in the log. An open order or position a
+the same version, for orders a terminal state wins (but not over ``closed_unconfirmed``, only a guess: the venue's
+answer replaces it), and otherwise (and always for positions) the later message in the log. An open order or position a
 snapshot does not list is removed only if the row is not newer than the snapshot itself (a REST snapshot's time is
 when its request was sent, a stream snapshot's the venue's time), so a stream update that overtook a slower REST
 snapshot survives it.
