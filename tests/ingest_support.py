@@ -4,11 +4,12 @@ waited for with a deadline, and what the log holds compared with what a simulate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 import orjson
@@ -146,3 +147,40 @@ async def payloads(url: str, account: str, kind: str) -> list[dict[str, Any]]:
     finally:
         await connection.close()
     return [r["payload"] if isinstance(r["payload"], dict) else orjson.loads(r["payload"]) for r in rows]
+
+
+class Activity:
+    """Drives a simulator (started with ``rate=0``) at ``rate`` steps per second until :meth:`stop`.
+
+    A test stops the activity to let the daemon settle: no new frame, no new fault, a truth that holds still.
+    """
+
+    def __init__(self, *sims: Simulator, rate: float = 150.0) -> None:
+        self.sims = sims
+        self.rate = rate
+        self.steps = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="activity")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            for sim in self.sims:
+                await sim.step()
+            self.steps += 1
+            next_at += 1.0 / self.rate
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

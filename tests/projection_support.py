@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -97,41 +97,6 @@ async def wait_projected(database_url: str, account: str, *, within: float = 15.
 
 
 # ------------------------------------------------------------------------------------ driving the venue
-
-
-class Activity:
-    """Drives simulators (started with ``rate=0``) at ``rate`` steps per second until :meth:`stop`: stopping it
-    freezes the truth (no step, so no mark moves either)."""
-
-    def __init__(self, *sims: Simulator, rate: float) -> None:
-        self.sims = sims
-        self.rate = rate
-        self.steps = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name="activity")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            for sim in self.sims:
-                await sim.step()
-            self.steps += 1
-            next_at += 1.0 / self.rate
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
 
 async def _log_state(database_url: str, account: str) -> tuple[list[dict[str, Any]], set[str]]:

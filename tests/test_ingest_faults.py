@@ -8,7 +8,6 @@ clean), stops the daemon and compares the log with what the simulated venue sent
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +22,7 @@ import pytest
 from statekeeper.database import connect
 from statekeeper.ingest.daemon import Daemon
 from statekeeper.simulator import FaultKind, FaultPlan, Simulator, SimulatorConfig
-from tests.ingest_support import running_daemon, sent_frames, settings_for, wait_until
+from tests.ingest_support import Activity, running_daemon, sent_frames, settings_for, wait_until
 
 Venue = Literal["extended", "paradex"]
 
@@ -37,43 +36,6 @@ always swallows at least one fill that only a REST backfill can recover."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-class Activity:
-    """Drives a simulator (started with ``rate=0``) at ``rate`` steps per second until :meth:`stop`.
-
-    A test stops the activity to let the daemon settle: no new frame, no new fault, a truth that holds still.
-    """
-
-    def __init__(self, *sims: Simulator, rate: float = RATE) -> None:
-        self.sims = sims
-        self.rate = rate
-        self.steps = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name="activity")
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            for sim in self.sims:
-                await sim.step()
-            self.steps += 1
-            next_at += 1.0 / self.rate
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
 
 def simulator(

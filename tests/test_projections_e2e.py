@@ -26,9 +26,8 @@ from statekeeper.config import IngestSettings, Settings
 from statekeeper.projections.rows import OrderRow
 from statekeeper.simulator import FaultKind, FaultPlan, Simulator, SimulatorConfig
 from statekeeper.simulator.engine import ChangeKind, SimOrder
-from tests.ingest_support import running_daemon, settings_for, wait_until
+from tests.ingest_support import Activity, running_daemon, settings_for, wait_until
 from tests.projection_support import (
-    Activity,
     compare_with_truth,
     count_events,
     first_ids,
