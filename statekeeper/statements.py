@@ -155,8 +155,10 @@ LIMIT 1
 
 # Claims: one daemon ingests an account at a time (a session-level advisory lock, released when its holder's
 # connection ends, so a killed daemon's accounts are free again at once).
-TRY_CLAIM_ACCOUNT = "SELECT pg_try_advisory_lock(21324, hashtext($1))"
-RELEASE_ACCOUNT = "SELECT pg_advisory_unlock(21324, hashtext($1))"
+CLAIM_LOCK_CLASS = 21324
+"""The first key of the advisory lock a daemon holds per account (the second: ``hashtext(account)``)."""
+TRY_CLAIM_ACCOUNT = f"SELECT pg_try_advisory_lock({CLAIM_LOCK_CLASS}, hashtext($1))"
+RELEASE_ACCOUNT = f"SELECT pg_advisory_unlock({CLAIM_LOCK_CLASS}, hashtext($1))"
 
 ALL: dict[str, str] = {
     "take_append_lock": TAKE_APPEND_LOCK,

@@ -22,15 +22,14 @@ import asyncpg
 from rich.markup import escape
 from rich.table import Table
 
+from statekeeper import statements
 from statekeeper.database import connect
 from statekeeper.errors import MigrationError
 from statekeeper.events import EventKind, Transport
-from statekeeper.projections.store import ALL_ACCOUNTS, CHECKPOINT
+from statekeeper.projections.store import ALL_ACCOUNTS, CHECKPOINT, LAG
 
 StreamState = Literal["streaming", "polling", "down", "none"]
 
-CLAIM_LOCK_CLASS = 21324
-"""The first key of the advisory lock a daemon holds per account (:data:`statekeeper.statements.TRY_CLAIM_ACCOUNT`)."""
 
 NOW = "SELECT now() AS as_of"
 
@@ -64,19 +63,6 @@ JOIN LATERAL (
      ORDER BY opened_at DESC
      LIMIT 1)
 ) AS s ON true
-"""
-
-# The projector's checkpoint of each account, and the events after it: how many, and the oldest receive time
-# (a range of the primary key, as long as the lag).
-PROJECTORS = """
-SELECT a.account, c.position, c.updated_at, l.events, l.oldest
-FROM unnest($1::text[]) AS a(account)
-LEFT JOIN projector_checkpoints AS c ON c.account = a.account AND c.name = $2
-CROSS JOIN LATERAL (
-    SELECT count(*) AS events, min(e.received_at) AS oldest
-    FROM events AS e
-    WHERE e.account = a.account AND e.id > coalesce(c.position, 0)
-) AS l
 """
 
 # The latest reconciliation pass of each account: a backward walk of the primary key (account, id) that stops at
@@ -115,7 +101,6 @@ STATEMENTS: dict[str, str] = {
     "all_accounts": ALL_ACCOUNTS,
     "last_events": LAST_EVENTS,
     "sessions": SESSIONS,
-    "projectors": PROJECTORS,
     "reconciliations": RECONCILIATIONS,
     "claims": CLAIMS,
 }
@@ -267,10 +252,10 @@ async def _gather(
         sessions: dict[str, list[asyncpg.Record]] = {}
         for row in await conn.fetch(SESSIONS, names):
             sessions.setdefault(row["account"], []).append(row)
-        projectors = {r["account"]: r for r in await conn.fetch(PROJECTORS, names, CHECKPOINT)}
+        projectors = {r["account"]: r for r in await conn.fetch(LAG, names, CHECKPOINT)}
         kind = EventKind.RECONCILIATION_PASS.value
         passes = {r["account"]: r for r in await conn.fetch(RECONCILIATIONS, names, kind)}
-        claims = {r["account"]: r["claimed"] for r in await conn.fetch(CLAIMS, names, CLAIM_LOCK_CLASS)}
+        claims = {r["account"]: r["claimed"] for r in await conn.fetch(CLAIMS, names, statements.CLAIM_LOCK_CLASS)}
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
         raise MigrationError(
             f"the database schema is not the one this version expects ({exc}): "

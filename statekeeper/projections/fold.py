@@ -55,19 +55,6 @@ from statekeeper.projections.rows import (
     same_state,
 )
 
-PROJECTED_KINDS: frozenset[str] = frozenset(
-    {
-        EventKind.BALANCE,
-        EventKind.ACCOUNT,
-        EventKind.ORDER,
-        EventKind.POSITION,
-        EventKind.FILL,
-        EventKind.FILL_BUST,
-        EventKind.FUNDING,
-    }
-)
-"""The event kinds that change a projection; every other kind only moves the checkpoint."""
-
 
 @dataclass(frozen=True, slots=True)
 class FoldEvent:
@@ -325,6 +312,10 @@ _FOLDS = {
     EventKind.FILL_BUST.value: fold_busts,
     EventKind.ACCOUNT.value: fold_margins,
 }
+
+
+PROJECTED_KINDS: frozenset[str] = frozenset(_FOLDS)
+"""The event kinds that change a projection; every other kind only moves the checkpoint."""
 
 
 def apply(state: AccountState, event: FoldEvent) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from statekeeper import statements
 from statekeeper.database import connect
 from statekeeper.errors import StatekeeperError
 from statekeeper.projections import store
@@ -40,7 +41,6 @@ CATCH_UP_ROUNDS = 5
 TRY_LOCK = "SELECT pg_try_advisory_lock(21327, 0)"
 UNLOCK = "SELECT pg_advisory_unlock(21327, 0)"
 LOCK_CHECKPOINTS = "LOCK TABLE projector_checkpoints IN EXCLUSIVE MODE"
-HEAD = "SELECT coalesce(max(id), 0) FROM events"
 
 
 def _ident(name: str) -> str:
@@ -134,11 +134,11 @@ async def _rebuild(
     copy = await connect(url, server_settings={"search_path": f"{_ident(SCHEMA)}, {_ident(live_schema)}"})
     try:
         applied = 0
-        target = int(await live.fetchval(HEAD))
+        target = int(await live.fetchval(statements.HEAD))
         say(f"rebuilding {len(chosen)} accounts from the log up to position {target}")
         applied += await store.catch_up(copy, chosen, limit=batch_size, up_to=target)
         for _ in range(CATCH_UP_ROUNDS):
-            head = int(await live.fetchval(HEAD))
+            head = int(await live.fetchval(statements.HEAD))
             if head == target:
                 break
             target = head
@@ -147,7 +147,7 @@ async def _rebuild(
         swap_started = time.perf_counter()
         async with live.transaction():
             await live.execute(LOCK_CHECKPOINTS)
-            target = int(await live.fetchval(HEAD))
+            target = int(await live.fetchval(statements.HEAD))
             applied += await store.catch_up(copy, chosen, limit=batch_size, up_to=target)
             total = 0
             for table in store.TABLES:

@@ -279,6 +279,9 @@ ROW_TYPES: tuple[type[Row], ...] = (
 )
 """Every projection table, in the order the projector writes them."""
 
+SAME_ROWS_AS: dict[type[Row], type[Row]] = {OpenOrderRow: OrderRow, ClosedPositionRow: PositionRow}
+"""Tables whose rows are another table's rows (the folds hold them as those)."""
+
 
 # ----------------------------------------------------------------------------------------------- decoding
 

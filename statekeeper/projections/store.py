@@ -130,12 +130,17 @@ WITH RECURSIVE found(account) AS (
 SELECT account FROM found WHERE account IS NOT NULL
 """
 
-# How far behind an account's projections are: events not applied yet, and the oldest one's receive time.
+# How far behind each account's projections are: the checkpoint, the events not applied yet, and the oldest
+# one's receive time (a range of the primary key, as long as the lag). Used by the workers and `statekeeper status`.
 LAG = """
-SELECT count(*) AS events, min(e.received_at) AS oldest
-FROM events AS e
-WHERE e.account = $1 AND e.id > coalesce(
-    (SELECT position FROM projector_checkpoints WHERE account = $1 AND name = $2), 0)
+SELECT a.account, c.position, c.updated_at, l.events, l.oldest
+FROM unnest($1::text[]) AS a(account)
+LEFT JOIN projector_checkpoints AS c ON c.account = a.account AND c.name = $2
+CROSS JOIN LATERAL (
+    SELECT count(*) AS events, min(e.received_at) AS oldest
+    FROM events AS e
+    WHERE e.account = a.account AND e.id > coalesce(c.position, 0)
+) AS l
 """
 
 STATEMENTS: dict[str, str] = {
@@ -171,10 +176,9 @@ async def _select(conn: asyncpg.Connection, table: str, account: str, keys: Sequ
         records = await conn.fetch(sql.select_all, account)
     else:
         records = await conn.fetch(sql.select_by_key, account, list(keys))
-    base = rows.OrderRow if issubclass(sql.row_type, rows.OrderRow) else sql.row_type
-    if issubclass(sql.row_type, rows.PositionRow):
-        base = rows.PositionRow
-    return [base(*record) for record in records]
+    # open_orders and closed_positions hold the same rows as orders and positions: the folds see one class each.
+    row_type = rows.SAME_ROWS_AS.get(sql.row_type, sql.row_type)
+    return [row_type(*record) for record in records]
 
 
 async def load(conn: asyncpg.Connection, account: str, wanted: Needs) -> AccountState:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from statekeeper import statements
 from statekeeper.config import ProjectorSettings
 from statekeeper.database import connect
 from statekeeper.errors import DatabaseError
@@ -52,14 +53,12 @@ ORDER BY slot
 """
 TRY_CLAIM = "SELECT pg_try_advisory_lock(21325, hashtext($1))"
 RELEASE = "SELECT pg_advisory_unlock(21325, hashtext($1))"
-HEAD = "SELECT coalesce(max(id), 0) FROM events"
 
 STATEMENTS: dict[str, str] = {
     "take_slot": TAKE_SLOT,
     "live_slots": LIVE_SLOTS,
     "try_claim": TRY_CLAIM,
     "release": RELEASE,
-    "head": HEAD,
 }
 
 _ERRORS: tuple[type[BaseException], ...] = (DatabaseError, asyncpg.PostgresError, *CONNECTION_ERRORS)
@@ -193,7 +192,7 @@ class ProjectorWorker:
                 self.slot = await _take_slot(connection)
                 # Where this worker starts following the log; every account it takes is caught up from its
                 # checkpoint anyway, so nothing before this position is missed.
-                self._cursor = int(await connection.fetchval(HEAD))
+                self._cursor = int(await connection.fetchval(statements.HEAD))
                 self.known = {r["account"] for r in await connection.fetch(store.ALL_ACCOUNTS)}
             except BaseException:
                 connection.terminate()
@@ -305,7 +304,7 @@ class ProjectorWorker:
             return
         with contextlib.suppress(*_ERRORS):
             async with self.pool.acquire() as conn:
-                record = await conn.fetchrow(store.LAG, account, store.CHECKPOINT)
+                record = await conn.fetchrow(store.LAG, [account], store.CHECKPOINT)
             if record is not None:
                 self.metrics.lag_events.labels(account).set(record["events"])
                 oldest = record["oldest"]
