@@ -351,7 +351,8 @@ async def test_an_event_the_folds_cannot_read_stops_only_its_account(
         "sha256('x'))"
     )
     await log.append(activity("good", 20, seed=7, start=20) + activity("bad", 5, seed=7, start=5))
-    async with workers(database_url, pool, 1) as running:
+    metrics = ProjectorMetrics(__import__("prometheus_client").CollectorRegistry())
+    async with workers(database_url, pool, 1, metrics) as running:
         worker = running[0][0]
 
         async def good_done_bad_failing() -> bool:
@@ -360,6 +361,12 @@ async def test_an_event_the_folds_cannot_read_stops_only_its_account(
 
         await wait_until(good_done_bad_failing, what="the good account projected, the bad one failing")
         assert "KeyError" in worker.failing["bad"]
+
+        async def tried_again() -> bool:
+            errors = metrics.registry.get_sample_value("statekeeper_projector_errors_total", {"account": "bad"})
+            return (errors or 0) >= 3
+
+        await wait_until(tried_again, what="the failing account tried again at the rebalances, with no new event")
         assert not running[0][1].done(), "the worker goes on"
     position = (await checkpoints(pool))["bad"]
     poison = await pool.fetchval("SELECT id FROM events WHERE event_key = 'poison'")

@@ -220,6 +220,8 @@ class ProjectorWorker:
                 self._pending.discard(account)
                 logger.info("handing account %s to another worker", account,
                             extra={"action": "projector_released", "account": account})  # fmt: skip
+        # An account whose last batch failed is tried again at each rebalance, new events or not.
+        self._pending.update(a for a in self.failing if a in self.held)
         if self.metrics is not None:
             self.metrics.accounts.labels(self.name).set(len(self.held))
 
@@ -256,8 +258,9 @@ class ProjectorWorker:
     async def _step(self, account: str) -> bool:
         """One batch of one account; True if more events are waiting.
 
-        A batch that fails for any reason but a lost connection is rolled back and retried at the next wake-up;
-        the account waits meanwhile (its lag shows it, and ``failing`` says why), and the other accounts go on.
+        A batch that fails for any reason but a lost connection is rolled back and tried again when the account's
+        next events arrive, and at each rebalance; the account waits meanwhile (its lag shows it, and ``failing``
+        says why), and the other accounts go on.
         """
         started = time.perf_counter()
         with log_context(account=account):
@@ -270,7 +273,7 @@ class ProjectorWorker:
                 self.failing[account] = f"{type(exc).__name__}: {exc}"
                 if self.metrics is not None:
                     self.metrics.errors.labels(account).inc()
-                logger.exception("projecting account %s failed; retrying at the next wake-up", account,
+                logger.exception("projecting account %s failed; it is tried again at the next rebalance", account,
                                  extra={"action": "projector_failed"})  # fmt: skip
                 return False
         self.failing.pop(account, None)
