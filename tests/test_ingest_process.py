@@ -583,10 +583,10 @@ async def test_postgres_stopped_and_restarted_while_frames_flow(
                                  what="fills made while no session is open")  # fmt: skip
                 missed_truth = sim.truth(ACCOUNT)
 
-            # --- the database is back: the backlog drains
+            # --- the database is back: the backlog drains (read before the start: the writer may drain it at once)
+            backlog = runtime.writer.backlog
             await restartable_pg.start()
 
-            backlog = runtime.writer.backlog
             async with asyncio.timeout(40):  # everything buffered so far is stored (frames go on arriving)
                 await runtime.writer.flushed()
             assert runtime.writer.healthy and backlog > 0
