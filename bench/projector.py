@@ -13,8 +13,8 @@
   - ``worker``: the real :class:`~statekeeper.projections.worker.ProjectorWorker` (one, default settings), from
     its start until every checkpoint equals its account's last event id; then two workers in this process (as
     ``[projector] workers = 2`` runs them), to show what overlapping one batch's waits with another's CPU gives;
-  - the split: the steps of ``apply_batch`` run one by one by the benchmark (lock, read, parse, needs, load,
-    fold, write, checkpoint + commit), each timed.
+  - the split: the steps of ``apply_batch`` run one by one by the benchmark (read, needs, load, fold, commit),
+    each timed.
 
   Baselines in the same run: (a) the read + parse ceiling: the projector's read statement
   (``store.READ_EVENTS``, 2,000 per call) and ``store.fold_event`` on every row, no folding or writing; (b) the
@@ -237,14 +237,15 @@ async def apply_loop(conn: asyncpg.Connection, accounts: Sequence[str]) -> dict[
     return {"seconds": time.perf_counter() - start, "events": events, "rows": rows, "batches": batches}
 
 
-STEPS = ("lock", "read", "parse", "needs", "load", "fold", "write", "checkpoint + commit")
-"""The steps of ``apply_batch``, in order. ``read`` includes the JSONB decoding of the payloads (the connection's
-codec decodes them as rows arrive); ``parse`` is building the :class:`FoldEvent` of each row."""
+STEPS = ("read", "needs", "load", "fold", "commit")
+"""The steps of ``apply_batch``, in order: ``read`` is the checkpoint and events statement with the JSONB decoding of
+the payloads and the building of each :class:`FoldEvent`; ``commit`` is the one statement that writes the rows and
+moves the checkpoint."""
 
 
 async def split_loop(conn: asyncpg.Connection, accounts: Sequence[str]) -> dict[str, Any]:
-    """``apply_batch``'s steps run here one by one (same statements, same transaction shape), each timed: wall
-    time, and this process's CPU time (the rest of a step's wall time is waiting on the server)."""
+    """``apply_batch``'s steps run here one by one (the same functions), each timed: wall time, and this process's
+    CPU time (the rest of a step's wall time is waiting on the server)."""
     wall: defaultdict[str, float] = defaultdict(float)
     cpu: defaultdict[str, float] = defaultdict(float)
     pending = list(accounts)
@@ -261,34 +262,22 @@ async def split_loop(conn: asyncpg.Connection, accounts: Sequence[str]) -> dict[
     while pending:
         for account in list(pending):
             clock[:] = [time.perf_counter(), time.process_time()]
-            transaction = conn.transaction()
-            await transaction.start()
-            position = await conn.fetchval(store.LOCK_CHECKPOINT, account, CHECKPOINT)
-            if position is None:
-                await store.ensure_checkpoint(conn, account)
-                position = await conn.fetchval(store.LOCK_CHECKPOINT, account, CHECKPOINT)
-            lap("lock")
-            records = await conn.fetch(store.READ_EVENTS, account, position, BATCH)
+            checkpoint, events = await store.read_batch(conn, account, limit=BATCH)
             lap("read")
-            if not records:
-                await transaction.commit()
+            if not events:
                 pending.remove(account)
                 continue
-            events = [store.fold_event(r) for r in records]
-            lap("parse")
             wanted = fold.needs(events)
             lap("needs")
             state = await store.load(conn, account, wanted)
             lap("load")
             fold.fold(state, events)
             lap("fold")
-            await store.write(conn, state)
-            lap("write")
-            await conn.execute(store.SET_CHECKPOINT, account, CHECKPOINT, events[-1].id)
-            await transaction.commit()
-            lap("checkpoint + commit")
+            if await store.commit_batch(conn, state, checkpoint, events[-1].id) is None:
+                raise RuntimeError(f"the checkpoint of {account} moved under the benchmark")
+            lap("commit")
             events_count += len(events)
-            if len(records) < BATCH:
+            if len(events) < BATCH:
                 pending.remove(account)
     return {"seconds": time.perf_counter() - begin, "events": events_count, "wall": wall, "cpu": cpu}
 

@@ -95,7 +95,7 @@ def states(tables: Tables) -> dict[str, list[Row]]:
 
 
 def _rows_of(state: AccountState) -> dict[str, Any]:
-    """How to find the row that a change of each table refers to (what ``store.write`` writes)."""
+    """How to find the row that a change of each table refers to (what ``store.commit_batch`` writes)."""
     return {
         "balances": lambda key: state.balances[key[0]],
         "account_margins": lambda _key: state.margins,
@@ -132,7 +132,7 @@ def load(tables: TableRows, account: str, wanted: Needs) -> AccountState:
 
 
 def write(tables: TableRows, state: AccountState) -> None:
-    """Write back what the fold changed, as ``store.write`` does: removed keys, then upserted rows, per table."""
+    """Write back what the fold changed, as ``store.commit_batch`` does: removed keys, then upserted rows, per table."""
     lookups = _rows_of(state)
     for table in tables:
         for key in state.changes.deleted.get(table, set()):
@@ -723,6 +723,7 @@ class Kill(StrEnum):
 
 
 BLOCKABLE = ("projector_checkpoints", *(name for name in store.TABLES))
+LOCK_CHECKPOINT_ROW = "SELECT position FROM projector_checkpoints WHERE account = $1 AND name = $2 FOR UPDATE"
 """Where a projector's transaction can be made to wait (a lock held by another session) and then killed."""
 
 
@@ -783,7 +784,7 @@ class Projector:
         pid = conn.get_server_pid()
         async with blocker.transaction():
             if table == "projector_checkpoints":
-                await blocker.execute(store.LOCK_CHECKPOINT, self.account, store.CHECKPOINT)
+                await blocker.execute(LOCK_CHECKPOINT_ROW, self.account, store.CHECKPOINT)
             else:
                 await blocker.execute(f"LOCK TABLE {table} IN SHARE MODE")
             task = asyncio.create_task(store.apply_batch(conn, self.account, limit=limit))

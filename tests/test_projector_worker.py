@@ -38,6 +38,7 @@ from statekeeper.events import (
 from statekeeper.migrations import check
 from statekeeper.projections import store
 from statekeeper.projections.fold import AccountState, FoldEvent, fold
+from statekeeper.projections.fold import needs as fold_needs
 from statekeeper.projections.rebuild import rebuild
 from statekeeper.projections.worker import STATEMENTS, ProjectorMetrics, ProjectorWorker, owner_of
 from tests.ingest_support import wait_until
@@ -156,6 +157,32 @@ async def test_every_statement_prepares(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         for name, sql in {**store.STATEMENTS, **STATEMENTS}.items():
             assert await conn.prepare(sql) is not None, name
+
+
+async def test_a_batch_whose_checkpoint_moved_meanwhile_writes_nothing(
+    pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    """Two projectors of one account without the worker's account locks: the one that commits second finds the
+    checkpoint moved, writes nothing, and applies the batch again from the new checkpoint."""
+    await log.append(activity("race", 60, seed=5))
+    async with pool.acquire() as first, pool.acquire() as second:
+        checkpoint, events = await store.read_batch(first, "race", limit=20)
+        state = fold(await store.load(first, "race", fold_needs(events)), events)
+        overtaking = await store.apply_batch(second, "race", limit=30)
+        assert overtaking.events == 30
+        assert await store.commit_batch(first, state, checkpoint, events[-1].id) is None, "a stale batch committed"
+        assert (await checkpoints(pool))["race"] == overtaking.position
+        # The stale batch's rows were not written: the tables are the fold of the first 30 events exactly.
+        stored = await log.read(0, limit=30, accounts=["race"])
+        expected = fold(AccountState("race"), [FoldEvent.of(e) for e in stored]).tables()
+        assert await store.read_tables(first, "race") == expected
+        # apply_batch itself re-reads after losing the race; both go on to the end with each event applied once.
+        applied = overtaking.events
+        while (result := await store.apply_batch(first, "race", limit=7)).events:
+            applied += result.events
+    assert applied == 60
+    async with pool.acquire() as conn:
+        assert await store.read_tables(conn, "race") == await pure_tables(log, "race")
 
 
 def test_owner_of_is_stable_and_spreads_accounts() -> None:

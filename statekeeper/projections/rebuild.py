@@ -8,10 +8,10 @@
    connection whose ``search_path`` puts ``statekeeper_rebuild`` first: the statements are the live ones, the tables
    they write are the copies, and ``events`` is the live log. Ingest and the live projectors go on meanwhile;
 3. catch up with what was appended during the build, until little is left;
-4. swap, in one transaction: lock ``projector_checkpoints`` (the live projectors wait at their next batch; readers
-   of the projections do not), apply the last events to the copies, replace the live rows of the rebuilt accounts
-   with the copies' and move their checkpoints to the copies'. Readers see the old tables or the new ones, never a
-   mix; a live projector resumes from the new checkpoint;
+4. swap, in one transaction: lock ``projector_checkpoints`` (a live projector waits at its next commit, then finds
+   the checkpoint moved and reads again from the new one; readers of the projections do not wait), apply the last
+   events to the copies, replace the live rows of the rebuilt accounts with the copies' and move their checkpoints
+   to the copies'. Readers see the old tables or the new ones, never a mix;
 5. drop ``statekeeper_rebuild``.
 
 Only one rebuild runs at a time (an advisory lock). If the rebuild fails before the swap, the live tables are

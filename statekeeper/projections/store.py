@@ -1,22 +1,26 @@
 """The projection tables in PostgreSQL: load the rows a batch touches, write back what the folds changed.
 
-:func:`apply_batch` is one projector step for one account, in one transaction (invariant 5):
+:func:`apply_batch` is one projector step for one account, three statements, whatever the batch holds:
 
-1. lock the account's checkpoint row (``SELECT ... FOR UPDATE``) and read its position: a second projector of
-   the same account waits here, then reads the position the first one committed, so no event is applied twice
-   even if two workers ever raced for an account;
-2. read the next events after that position (appends are serialised, so no late commit can appear below it);
-3. load the rows those events can touch (:func:`statekeeper.projections.fold.needs`);
-4. fold them (the pure folds replay uses too);
-5. write the changed rows with set-based statements (``unnest`` arrays: one statement per table, whatever the
-   number of rows) and move the checkpoint.
+1. **read** the account's checkpoint (position and ``updated_at``) and the events after it, in one statement
+   (appends are serialised, so no late commit can appear below the position);
+2. **load** the rows those events can touch (:func:`statekeeper.projections.fold.needs`), every table in one
+   statement (an array of each table's rows); then fold the events in memory (the pure folds replay uses too);
+3. **commit**: one statement writes every changed row (set-based ``unnest`` upserts and deletes, a data-modifying
+   ``WITH`` clause per table) *and* moves the checkpoint, as one implicit transaction, on a condition: the
+   checkpoint is still the one read in step 1 (compare-and-set). If another projector moved it meanwhile (two
+   workers ever racing for one account, or a rebuild swapping its tables in), the statement writes nothing and the
+   batch is read again from the new checkpoint. So the rows and the checkpoint commit or vanish together
+   (invariant 5), and no event is ever applied twice, without a transaction held open across the fold.
 
-The statements are generated once from the table metadata (our own column names only, never input) and are
-prepared against a migrated database by the tests, like :mod:`statekeeper.statements`.
+Each step is one round trip: on a busy machine a round trip costs milliseconds, which is what the projector's
+latency is made of. The statements are generated once from the table metadata (our own column names only, never
+input) and are prepared against a migrated database by the tests, like :mod:`statekeeper.statements`.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
 from statekeeper import schema
+from statekeeper.errors import StatekeeperError
 from statekeeper.projections import rows
 from statekeeper.projections.fold import AccountState, FoldEvent, Needs, fold, needs
 
@@ -39,16 +44,39 @@ _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 @dataclass(frozen=True, slots=True)
 class TableSQL:
-    """The statements of one projection table."""
+    """One projection table: its row class, and the pieces of the statements that read and write it."""
 
     table: str
     row_type: type[rows.Row]
     columns: tuple[str, ...]
+    types: tuple[str, ...]
+    """Each column's SQL type, for the arrays its values are sent in."""
+    key_columns: tuple[str, ...]
+    """The key without ``account`` (every statement is about one account)."""
     select_all: str
-    select_by_key: str
-    upsert: str
-    delete: str
     values: Callable[[Any], tuple[Any, ...]]
+
+    def delete_clause(self, first: int) -> str:
+        """A data-modifying ``WITH`` clause body: remove the rows whose keys arrive as arrays from ``$first`` on."""
+        types = dict(zip(self.columns, self.types, strict=True))
+        arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(self.key_columns, start=first))
+        if not self.key_columns:
+            return f"DELETE FROM {self.table} WHERE account = $1 AND EXISTS (SELECT FROM moved)"  # noqa: S608
+        return (
+            f"DELETE FROM {self.table} WHERE account = $1 AND ({', '.join(self.key_columns)}) IN "  # noqa: S608
+            f"(SELECT * FROM unnest({arrays})) AND EXISTS (SELECT FROM moved)"
+        )
+
+    def upsert_clause(self, first: int) -> str:
+        """A data-modifying ``WITH`` clause body: insert or update the rows whose columns arrive as arrays."""
+        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(self.types, start=first))
+        key = ("account", *self.key_columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in key)
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) "  # noqa: S608
+            f"SELECT * FROM unnest({arrays}) WHERE EXISTS (SELECT FROM moved) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+        )
 
 
 def _table_sql(row_type: type[rows.Row], table: Table) -> TableSQL:
@@ -56,33 +84,13 @@ def _table_sql(row_type: type[rows.Row], table: Table) -> TableSQL:
     columns = rows.columns(row_type)
     if tuple(c.name for c in table.columns) != columns:
         raise RuntimeError(f"table {table.name} and {row_type.__name__} disagree on the columns")
-    types = {c.name: c.type.compile(dialect=_DIALECT) for c in table.columns}
-    column_list = ", ".join(columns)
-    key = row_type.key
-    arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(columns, start=1))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    key_arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(key[1:], start=2))
-    first_key = key[1] if len(key) > 1 else None
     return TableSQL(
         table=table.name,
         row_type=row_type,
         columns=columns,
-        select_all=f"SELECT {column_list} FROM {table.name} WHERE account = $1",  # noqa: S608
-        select_by_key=(
-            f"SELECT {column_list} FROM {table.name} WHERE account = $1 AND {first_key} = ANY($2::text[])"  # noqa: S608
-            if first_key
-            else ""
-        ),
-        upsert=(
-            f"INSERT INTO {table.name} ({column_list}) SELECT * FROM unnest({arrays}) "  # noqa: S608
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-        ),
-        delete=(
-            f"DELETE FROM {table.name} WHERE account = $1 AND ({', '.join(key[1:])}) IN "  # noqa: S608
-            f"(SELECT * FROM unnest({key_arrays}))"
-            if first_key
-            else f"DELETE FROM {table.name} WHERE account = $1"  # noqa: S608
-        ),
+        types=tuple(c.type.compile(dialect=_DIALECT) for c in table.columns),
+        key_columns=row_type.key[1:],
+        select_all=f"SELECT {', '.join(columns)} FROM {table.name} WHERE account = $1",  # noqa: S608
         values=operator.attrgetter(*columns),
     )
 
@@ -91,21 +99,30 @@ TABLES: dict[str, TableSQL] = {
     row_type.table: _table_sql(row_type, schema.metadata.tables[row_type.table]) for row_type in rows.ROW_TYPES
 }
 
-ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
-
-LOCK_CHECKPOINT = """
-SELECT position FROM projector_checkpoints WHERE account = $1 AND name = $2 FOR UPDATE
-"""
-
 ENSURE_CHECKPOINT = """
 INSERT INTO projector_checkpoints (account, name, position) VALUES ($1, $2, 0)
 ON CONFLICT (account, name) DO NOTHING
 """
 
-SET_CHECKPOINT = """
-UPDATE projector_checkpoints SET position = $3, updated_at = now() WHERE account = $1 AND name = $2
+# Step 1: the checkpoint and the events after it (at most $3, none after $4). One row with null event columns if
+# no event is waiting; no row at all if the account has no checkpoint yet.
+READ_BATCH = """
+SELECT c.position, c.updated_at,
+       e.id, e.venue, e.kind, e.snapshot, e.source, e.venue_time, e.received_at, e.payload
+FROM projector_checkpoints AS c
+LEFT JOIN LATERAL (
+    SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
+    FROM events
+    WHERE events.account = c.account AND events.id > c.position AND events.id <= $4
+    ORDER BY id
+    LIMIT $3
+) AS e ON true
+WHERE c.account = $1 AND c.name = $2
+ORDER BY e.id
 """
 
+# The events of an account after a position, as the folds need them (benchmarks and tools; the projector reads
+# them with its checkpoint, READ_BATCH).
 READ_EVENTS = """
 SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
 FROM events
@@ -113,6 +130,85 @@ WHERE account = $1 AND id > $2
 ORDER BY id
 LIMIT $3
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    table: str
+    condition: str
+    """What, besides the account, selects the rows: a flag or a key among an array of ids (bind parameters)."""
+
+
+# Step 2: every row the batch can touch, each table's as one array of its row type: $2 balances, $3 the account
+# figures, $4 every open order, $5 these order ids, $6 every open and closed position, $7 these fill ids (fills and
+# their busts), $8 these funding payment ids.
+_LOADS = (
+    _Load("balances", "$2"),
+    _Load("account_margins", "$3"),
+    _Load("open_orders", "$4"),
+    _Load("orders", "t.order_id = ANY($5::text[])"),
+    _Load("positions", "$6"),
+    _Load("closed_positions", "$6"),
+    _Load("fills", "t.fill_id = ANY($7::text[])"),
+    _Load("fill_busts", "t.fill_id = ANY($7::text[])"),
+    _Load("funding_payments", "t.payment_id = ANY($8::text[])"),
+)
+
+
+def _load_statement() -> str:
+    # Table names and conditions are this module's constants.
+    arrays = [
+        f"ARRAY(SELECT t FROM {load.table} AS t WHERE t.account = $1 AND {load.condition}) AS {load.table}"  # noqa: S608
+        for load in _LOADS
+    ]
+    return "SELECT " + ",\n       ".join(arrays)
+
+
+LOAD = _load_statement()
+if {load.table for load in _LOADS} != set(TABLES):
+    raise RuntimeError("LOAD does not read every projection table")
+
+# Step 3: the writes and the checkpoint, in one statement (see write_statement). The checkpoint moves only if it is
+# still the one the batch was read at; every write of the statement depends on that (EXISTS (SELECT FROM moved)).
+_MOVE_CHECKPOINT = """moved AS (
+    UPDATE projector_checkpoints SET position = $3, updated_at = now()
+    WHERE account = $1 AND name = $2 AND position = $4 AND updated_at = $5
+    RETURNING position
+)"""
+_WRITE_RESULT = "SELECT set_config('synchronous_commit', 'off', true), (SELECT count(*) FROM moved) AS moved"
+# The rows and the checkpoint commit or vanish together, and the log itself is durable: a commit lost in a server
+# crash only means these events are applied again, so the projector need not wait for the WAL flush.
+
+Write = tuple[str, str]
+"""A part of a write statement: (table, ``"delete"`` or ``"upsert"``)."""
+
+
+@functools.cache
+def write_statement(parts: frozenset[Write]) -> str:
+    """The statement that moves the checkpoint and writes these parts (in :data:`TABLES` order, deletes first).
+
+    Its parameters: ``$1`` account, ``$2`` projector name, ``$3`` the new position, ``$4`` and ``$5`` the
+    checkpoint's position and ``updated_at`` as read; then, per part, the arrays of key columns (delete) or of every
+    column (upsert).
+    """
+    clauses = [_MOVE_CHECKPOINT]
+    next_parameter = 6
+    for part in _ordered(parts):
+        table, what = part
+        sql = TABLES[table]
+        if what == "delete":
+            body = sql.delete_clause(next_parameter)
+            next_parameter += len(sql.key_columns)
+        else:
+            body = sql.upsert_clause(next_parameter)
+            next_parameter += len(sql.columns)
+        clauses.append(f"{what}_{table} AS ({body})")
+    return "WITH " + ",\n".join(clauses) + "\n" + _WRITE_RESULT
+
+
+def _ordered(parts: frozenset[Write]) -> list[Write]:
+    return [(table, what) for table in TABLES for what in ("delete", "upsert") if (table, what) in parts]
+
 
 # Accounts with events after a position, and their newest position: which accounts a wake-up concerns.
 ACCOUNTS_SINCE = """
@@ -144,22 +240,19 @@ CROSS JOIN LATERAL (
 """
 
 STATEMENTS: dict[str, str] = {
-    "async_commit": ASYNC_COMMIT,
-    "lock_checkpoint": LOCK_CHECKPOINT,
     "ensure_checkpoint": ENSURE_CHECKPOINT,
-    "set_checkpoint": SET_CHECKPOINT,
+    "read_batch": READ_BATCH,
     "read_events": READ_EVENTS,
+    "load": LOAD,
+    "write_everything": write_statement(frozenset((t, w) for t in TABLES for w in ("delete", "upsert"))),
+    **{f"write_{t}_{w}": write_statement(frozenset({(t, w)})) for t in TABLES for w in ("delete", "upsert")},
     "accounts_since": ACCOUNTS_SINCE,
     "all_accounts": ALL_ACCOUNTS,
     "lag": LAG,
-    **{
-        f"{name}_{what}": getattr(sql, what)
-        for name, sql in TABLES.items()
-        for what in ("select_all", "select_by_key", "upsert", "delete")
-        if getattr(sql, what)
-    },
+    **{f"{name}_select_all": sql.select_all for name, sql in TABLES.items()},
 }
-"""Every statement of this module, for the test that prepares them against a migrated database."""
+"""Every statement of this module (the write statement whole and by part), for the test that prepares them against
+a migrated database."""
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -170,43 +263,69 @@ def fold_event(record: asyncpg.Record) -> FoldEvent:
     return FoldEvent(*record)
 
 
-async def _select(conn: asyncpg.Connection, table: str, account: str, keys: Sequence[str] | None = None) -> list[Any]:
-    sql = TABLES[table]
-    if keys is None:
-        records = await conn.fetch(sql.select_all, account)
-    else:
-        records = await conn.fetch(sql.select_by_key, account, list(keys))
-    # open_orders and closed_positions hold the same rows as orders and positions: the folds see one class each.
-    row_type = rows.SAME_ROWS_AS.get(sql.row_type, sql.row_type)
-    return [row_type(*record) for record in records]
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """An account's checkpoint as a batch read it: the write moves it only if it is still this one."""
+
+    position: int
+    updated_at: datetime
+
+
+async def read_batch(
+    conn: asyncpg.Connection, account: str, *, limit: int, name: str = CHECKPOINT, up_to: int | None = None
+) -> tuple[Checkpoint, list[FoldEvent]]:
+    """Step 1: the account's checkpoint (created at 0 if it has none) and the next events after it."""
+    records = await conn.fetch(READ_BATCH, account, name, limit, _NO_LIMIT if up_to is None else up_to)
+    if not records:
+        await conn.execute(ENSURE_CHECKPOINT, account, name)
+        records = await conn.fetch(READ_BATCH, account, name, limit, _NO_LIMIT if up_to is None else up_to)
+    first = records[0]
+    checkpoint = Checkpoint(first[0], first[1])
+    if first[2] is None:
+        return checkpoint, []
+    return checkpoint, [FoldEvent(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in records]
+
+
+_NO_LIMIT = 2**63 - 1
 
 
 async def load(conn: asyncpg.Connection, account: str, wanted: Needs) -> AccountState:
-    """The rows of ``account`` that a batch with these needs can read or change."""
+    """Step 2: the rows of ``account`` that a batch with these needs can read or change (one statement)."""
     state = AccountState(account)
-    if wanted.balances:
-        state.balances = {r.asset: r for r in await _select(conn, "balances", account)}
-    if wanted.margins:
-        found = await _select(conn, "account_margins", account)
-        state.margins = found[0] if found else None
-    if wanted.all_open_orders:
-        state.orders.update((r.order_id, r) for r in await _select(conn, "open_orders", account))
-    missing = sorted(wanted.order_ids - state.orders.keys())
-    if missing:
-        state.orders.update((r.order_id, r) for r in await _select(conn, "orders", account, missing))
+    if not (wanted.balances or wanted.margins or wanted.all_open_orders or wanted.order_ids or wanted.positions
+            or wanted.fill_ids or wanted.payment_ids):  # fmt: skip
+        return state
+    found = await conn.fetchrow(
+        LOAD, account, wanted.balances, wanted.margins, wanted.all_open_orders, sorted(wanted.order_ids),
+        wanted.positions, sorted(wanted.fill_ids), sorted(wanted.payment_ids),
+    )  # fmt: skip
+    assert found is not None
+
+    def loaded(table: str) -> list[Any]:
+        # open_orders and closed_positions hold the same rows as orders and positions: the folds see one class each
+        row_type = TABLES[table].row_type
+        row_type = rows.SAME_ROWS_AS.get(row_type, row_type)
+        return [row_type(*record) for record in found[table]]
+
+    state.balances = {r.asset: r for r in loaded("balances")}
+    margins = loaded("account_margins")
+    state.margins = margins[0] if margins else None
+    state.orders = {r.order_id: r for r in loaded("open_orders")}
+    state.orders.update((r.order_id, r) for r in loaded("orders"))
     state.open_orders = {order_id for order_id, row in state.orders.items() if row.is_open}
-    if wanted.positions:
-        state.positions = {r.market: r for r in await _select(conn, "positions", account)}
-        state.closed_positions = {r.market: r for r in await _select(conn, "closed_positions", account)}
-    if wanted.fill_ids:
-        fill_ids = sorted(wanted.fill_ids)
-        state.fills = {(r.fill_id, r.fill_type): r for r in await _select(conn, "fills", account, fill_ids)}
-        state.busts = {r.fill_id: r for r in await _select(conn, "fill_busts", account, fill_ids)}
-    if wanted.payment_ids:
-        state.funding = {
-            r.payment_id: r for r in await _select(conn, "funding_payments", account, sorted(wanted.payment_ids))
-        }
+    state.positions = {r.market: r for r in loaded("positions")}
+    state.closed_positions = {r.market: r for r in loaded("closed_positions")}
+    state.fills = {(r.fill_id, r.fill_type): r for r in loaded("fills")}
+    state.busts = {r.fill_id: r for r in loaded("fill_busts")}
+    state.funding = {r.payment_id: r for r in loaded("funding_payments")}
     return state
+
+
+async def _select(conn: asyncpg.Connection, table: str, account: str) -> list[Any]:
+    sql = TABLES[table]
+    records = await conn.fetch(sql.select_all, account)
+    row_type = rows.SAME_ROWS_AS.get(sql.row_type, sql.row_type)
+    return [row_type(*record) for record in records]
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -228,23 +347,51 @@ def _held(state: AccountState, table: str) -> Callable[[tuple[Any, ...]], rows.R
     return lookups[table]
 
 
-async def write(conn: asyncpg.Connection, state: AccountState) -> int:
-    """Write what changed in ``state`` since it was loaded. Returns the number of rows written or removed."""
+def _columns(values: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows of values as one list per column (the arrays a set-based statement takes)."""
+    return [list(column) for column in zip(*values, strict=True)] if values else [[] for _ in range(width)]
+
+
+def write_arguments(state: AccountState) -> tuple[frozenset[Write], list[list[Any]], int]:
+    """What the fold changed, as the parts of the write statement, their arguments, and the number of rows."""
     changes = state.changes
-    written = 0
-    for table, sql in TABLES.items():
-        removed = changes.deleted.get(table)
-        if removed:
-            keys = sorted(removed)
-            await conn.execute(sql.delete, state.account, *(list(column) for column in zip(*keys, strict=True)))
-            written += len(keys)
-        upserted = changes.upserted.get(table)
-        if upserted:
+    parts: set[Write] = set()
+    for table in TABLES:
+        if changes.deleted.get(table):
+            parts.add((table, "delete"))
+        if changes.upserted.get(table):
+            parts.add((table, "upsert"))
+    frozen = frozenset(parts)
+    arguments: list[list[Any]] = []
+    count = 0
+    for table, what in _ordered(frozen):
+        sql = TABLES[table]
+        if what == "delete":
+            keys = sorted(changes.deleted[table])
+            if sql.key_columns:
+                arguments.extend(_columns(keys, len(sql.key_columns)))
+            count += len(keys)
+        else:
             lookup = _held(state, table)
-            values = [sql.values(lookup(key)) for key in sorted(upserted)]
-            await conn.execute(sql.upsert, *(list(column) for column in zip(*values, strict=True)))
-            written += len(values)
-    return written
+            values = [sql.values(lookup(key)) for key in sorted(changes.upserted[table])]
+            arguments.extend(_columns(values, len(sql.columns)))
+            count += len(values)
+    return frozen, arguments, count
+
+
+async def commit_batch(
+    conn: asyncpg.Connection, state: AccountState, checkpoint: Checkpoint, position: int, *, name: str = CHECKPOINT
+) -> int | None:
+    """Step 3: write what changed in ``state`` and move the checkpoint to ``position``, if it is still
+    ``checkpoint``. Returns the number of rows written or removed, or None if the checkpoint had moved (nothing is
+    written then)."""
+    parts, arguments, count = write_arguments(state)
+    sql = write_statement(parts)
+    record = await conn.fetchrow(
+        sql, state.account, name, position, checkpoint.position, checkpoint.updated_at, *arguments
+    )
+    assert record is not None
+    return count if record["moved"] else None
 
 
 # ------------------------------------------------------------------------------------------------ a step
@@ -267,6 +414,14 @@ class BatchResult:
     """The batch was as large as allowed: more events are probably waiting."""
 
 
+MAX_ATTEMPTS = 100
+"""How many times a batch is read again because another projector moved the checkpoint first."""
+
+
+class CheckpointRace(StatekeeperError):
+    """The checkpoint kept moving under this projector: something else is projecting the account."""
+
+
 async def ensure_checkpoint(conn: asyncpg.Connection, account: str, name: str = CHECKPOINT) -> None:
     await conn.execute(ENSURE_CHECKPOINT, account, name)
 
@@ -280,28 +435,26 @@ async def apply_batch(
     up_to: int | None = None,
     before_commit: Callable[[], None] | None = None,
 ) -> BatchResult:
-    """Apply the next events of ``account`` (at most ``limit``, none after ``up_to``) in one transaction."""
-    async with conn.transaction():
-        # The rows and the checkpoint commit or vanish together, and the log itself is durable: a commit lost in a
-        # server crash only means these events are applied again, so the projector need not wait for the flush.
-        await conn.execute(ASYNC_COMMIT)
-        position = await conn.fetchval(LOCK_CHECKPOINT, account, name)
-        if position is None:
-            await ensure_checkpoint(conn, account, name)
-            position = await conn.fetchval(LOCK_CHECKPOINT, account, name)
-        records = await conn.fetch(READ_EVENTS, account, position, limit)
-        if up_to is not None:
-            records = [r for r in records if r["id"] <= up_to]
-        if not records:
-            return BatchResult(account, 0, 0, position, None, False)
-        events = [fold_event(r) for r in records]
+    """Apply the next events of ``account`` (at most ``limit``, none after ``up_to``): read, load, fold, commit.
+
+    ``before_commit`` runs after the fold, before the statement that commits the rows and the checkpoint (tests
+    kill the projector there). ``conn`` must not be inside a transaction: the commit statement is its own.
+    """
+    for _ in range(MAX_ATTEMPTS):
+        checkpoint, events = await read_batch(conn, account, limit=limit, name=name, up_to=up_to)
+        if not events:
+            return BatchResult(account, 0, 0, checkpoint.position, None, False)
         state = fold(await load(conn, account, needs(events)), events)
-        written = await write(conn, state)
-        last = events[-1].id
-        await conn.execute(SET_CHECKPOINT, account, name, last)
         if before_commit is not None:
             before_commit()
-    return BatchResult(account, len(events), written, last, events[0].received_at, len(records) == limit)
+        last = events[-1].id
+        written = await commit_batch(conn, state, checkpoint, last, name=name)
+        if written is not None:
+            return BatchResult(account, len(events), written, last, events[0].received_at, len(events) == limit)
+    raise CheckpointRace(
+        f"the checkpoint of account {account} moved under this projector {MAX_ATTEMPTS} times in a row: "
+        "is another program projecting it without the projector's account lock?"
+    )
 
 
 async def catch_up(conn: asyncpg.Connection, accounts: Sequence[str], *, limit: int, up_to: int | None = None) -> int:

@@ -1,7 +1,7 @@
 """Projector workers: follow the log and keep every account's projection tables current.
 
 Every account in the log is projected, whoever ingests it. A worker applies one account's events in order, in
-batches, each batch one transaction with its checkpoint
+batches, each batch committed with its checkpoint in one statement
 (:func:`statekeeper.projections.store.apply_batch`). It wakes on ``NOTIFY`` and polls as the guarantee.
 
 Dividing the accounts. Workers, in one process or several, divide the accounts between them:
@@ -14,9 +14,9 @@ Dividing the accounts. Workers, in one process or several, divide the accounts b
   taken when the account becomes its own and released when it no longer is; a worker that dies loses its locks
   with its connection, and the next rebalance (every ``rebalance_interval_seconds``) gives its accounts away.
 
-None of this is what makes projection exactly-once: the checkpoint row, locked ``FOR UPDATE`` in the batch's
-transaction, is. Two workers that ever raced for one account would apply its events one after the other, never
-twice. The claims only keep them from waiting on each other.
+None of this is what makes projection exactly-once: the checkpoint's compare-and-set in the statement that commits
+a batch is (:mod:`statekeeper.projections.store`). Two workers that ever raced for one account would apply its
+events one after the other, never twice. The claims only keep them from doing the same work twice.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class ProjectorMetrics:
         )
         self.rows = Counter("statekeeper_projector_rows", "Projection rows written or removed", ["account"], registry=r)
         self.batch_seconds = Histogram(
-            "statekeeper_projector_batch_seconds", "Time to apply one batch (one transaction)", ["account"],
+            "statekeeper_projector_batch_seconds", "Time to apply one batch (read, load, fold, commit)", ["account"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r,
         )  # fmt: skip
         self.visible_seconds = Histogram(
@@ -139,6 +139,8 @@ class ProjectorWorker:
         self.failing: dict[str, str] = {}
         """Accounts whose last batch failed, and why."""
         self._locks: asyncpg.Connection | None = None
+        self._applier: asyncpg.Connection | None = None
+        """The connection batches are applied on: the worker's own (a pool's would cost a reset per batch)."""
         self._pending: set[str] = set()
         self._lag_checked: dict[str, float] = {}
         self._lag_tasks: set[asyncio.Task[None]] = set()
@@ -265,8 +267,9 @@ class ProjectorWorker:
         started = time.perf_counter()
         with log_context(account=account):
             try:
-                async with self.pool.acquire() as conn:
-                    result = await store.apply_batch(conn, account, limit=self.settings.batch_size)
+                if self._applier is None or self._applier.is_closed():
+                    self._applier = await connect(self.url)
+                result = await store.apply_batch(self._applier, account, limit=self.settings.batch_size)
             except (asyncpg.PostgresConnectionError, *CONNECTION_ERRORS):
                 raise
             except Exception as exc:
@@ -320,19 +323,22 @@ class ProjectorWorker:
         self.error = str(exc)
         logger.warning("projector %s lost the database (%s); its accounts are taken again when it is back",
                        self.name, exc, extra={"action": "projector_database_lost"})  # fmt: skip
-        if self._locks is not None:
-            self._locks.terminate()
-        self._locks = None
+        for connection in (self._locks, self._applier):
+            if connection is not None:
+                connection.terminate()
+        self._locks = self._applier = None
         self.held.clear()
         self._pending.clear()
 
     async def _close(self) -> None:
         for task in list(self._lag_tasks):
             task.cancel()
-        if self._locks is not None:
-            connection, self._locks = self._locks, None
+        for connection in (self._applier, self._locks):
+            if connection is None:
+                continue
             try:
                 await connection.close(timeout=5)
             except _ERRORS:
                 connection.terminate()
+        self._locks = self._applier = None
         self.held.clear()
