@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -104,8 +104,12 @@ class AccountWriter:
         metrics: IngestMetrics | None = None,
         retry_initial: float = 0.05,
         retry_max: float = 2.0,
+        on_appended: Callable[[str], None] | None = None,
     ) -> None:
         self.log = log
+        self.on_appended = on_appended
+        """Called with the account once a batch that appended events has committed: the daemon wakes its own
+        projectors with it at once (``NOTIFY`` and polling still wake every other reader)."""
         self.account = account
         self.bound = bound
         self.batch_size = batch_size
@@ -232,6 +236,8 @@ class AccountWriter:
             # Something in the batch is refused by the database: store the items one by one, so that only the
             # culprit is set aside (as a rejected frame, with the database's reason).
             counts = await self._write_one_by_one(batch)
+        if counts.get("appended") and self.on_appended is not None:
+            self.on_appended(self.account)
         self._observe(batch, counts, time.perf_counter() - started)
 
     async def _write_one_by_one(self, batch: list[_Pending]) -> dict[str, int]:

@@ -145,21 +145,37 @@ class ProjectorWorker:
         self._lag_checked: dict[str, float] = {}
         self._lag_tasks: set[asyncio.Task[None]] = set()
         self._cursor = 0
+        self._applied: dict[str, int] = {}
+        """Each held account's checkpoint as this worker last moved it."""
+        self._poked: set[str] = set()
+        self._poke = asyncio.Event()
 
     # --------------------------------------------------------------------------------------------- run
+
+    def poke(self, account: str) -> None:
+        """Events of ``account`` were just committed in this process: apply them now, without waiting for the
+        ``NOTIFY`` to come back and the log to be searched for the accounts it concerns (the in-process fast path;
+        NOTIFY and polling remain the guarantee)."""
+        self._poked.add(account)
+        self._poke.set()
 
     async def run(self) -> None:
         waiter = LogWaiter(self.url, poll_interval=self.settings.poll_interval_seconds)
         try:
             async with waiter:
                 next_rebalance = 0.0
+                look = True
                 while not self.stop.is_set():
-                    waiter.clear()
+                    poked, self._poked = self._poked, set()
+                    self._poke.clear()
                     try:
                         if time.monotonic() >= next_rebalance:
                             await self._rebalance()
                             next_rebalance = time.monotonic() + self.settings.rebalance_interval_seconds
-                        await self._discover()
+                        if look or not poked <= self.known:
+                            waiter.clear()  # what was notified until now, the look at the log below covers
+                            await self._discover()
+                        self._pending.update(poked & self.held)
                         await self._catch_up()
                         self.error = None
                     except _ERRORS as exc:
@@ -167,18 +183,22 @@ class ProjectorWorker:
                         next_rebalance = 0.0
                     if self.stop.is_set():
                         break
-                    await self._wait(waiter)
+                    look = await self._wait(waiter)
         finally:
             await self._close()
 
-    async def _wait(self, waiter: LogWaiter) -> None:
+    async def _wait(self, waiter: LogWaiter) -> bool:
+        """Until a notification, the poll interval, a poke or the stop. True unless only a poke woke it: then the
+        accounts poked are all there is to do."""
         wake = asyncio.ensure_future(waiter.wait())
         stopping = asyncio.ensure_future(self.stop.wait())
+        poked = asyncio.ensure_future(self._poke.wait())
         try:
-            await asyncio.wait({wake, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({wake, stopping, poked}, return_when=asyncio.FIRST_COMPLETED)
+            return wake.done() or stopping.done()
         finally:
-            wake.cancel()
-            stopping.cancel()
+            for task in (wake, stopping, poked):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, *_ERRORS):
                 await wake
 
@@ -238,7 +258,7 @@ class ProjectorWorker:
             if account not in self.known:
                 self.known.add(account)
                 new = True
-            if account in self.held:
+            if account in self.held and record["head"] > self._applied.get(account, 0):
                 self._pending.add(account)
         if new:
             await self._rebalance()
@@ -280,6 +300,7 @@ class ProjectorWorker:
                                  extra={"action": "projector_failed"})  # fmt: skip
                 return False
         self.failing.pop(account, None)
+        self._applied[account] = result.position
         self._observe(result, time.perf_counter() - started)
         return result.full
 
