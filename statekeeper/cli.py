@@ -6,8 +6,12 @@ Exit codes: 0 success, 1 a check failed, 2 usage or configuration error.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -231,20 +235,37 @@ def config_check(config: ConfigOption = None) -> None:
 # ----------------------------------------------------------------------------------------------- run
 
 
+class Part(StrEnum):
+    """A part of the daemon that ``statekeeper run --only`` runs alone."""
+
+    INGEST = "ingest"
+    PROJECT = "project"
+
+
 @app.command("run")
 def run(
     config: ConfigOption = None,
     log_format: LogFormatOption = None,
+    only: Annotated[
+        list[Part] | None,
+        typer.Option(
+            "--only",
+            help="Run only this part (repeatable): ingest (streams into the log) or project (the projector "
+            "workers), each with the least database privilege it needs (docs/operations.md). Default: every part.",
+        ),
+    ] = None,
 ) -> None:
     """The ingest daemon: stream every configured account into the event log until stopped (SIGTERM, Ctrl-C)."""
     from statekeeper.database import database_target  # noqa: PLC0415
     from statekeeper.ingest.daemon import Daemon  # noqa: PLC0415
 
+    parts = set(only or Part)
+
     async def go(settings: Settings) -> None:
         async with database_target(settings.database) as target:
-            await Daemon(settings, target.url).run()
+            await Daemon(settings, target.url, ingest=Part.INGEST in parts, project=Part.PROJECT in parts).run()
 
-    run_command(go, config, log_format=log_format, require_secrets=True)
+    run_command(go, config, log_format=log_format, require_secrets=Part.INGEST in parts)
 
 
 # -------------------------------------------------------------------------------------------- status
@@ -259,10 +280,14 @@ def status(
     output: Annotated[Literal["table", "json"], typer.Option("--format", help="table, or one JSON document.")] = (
         "table"
     ),
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document: the same as --format json.")] = False,
 ) -> None:
     """Per account: stream state, last event, projector lag, last reconciliation."""
     from statekeeper import status as account_status  # noqa: PLC0415
     from statekeeper.database import database_target  # noqa: PLC0415
+
+    if as_json:
+        output = "json"
 
     async def go(settings: Settings) -> list[account_status.AccountStatus]:
         configured = {a.name: a.venue for a in settings.accounts}
@@ -276,6 +301,51 @@ def status(
         out.print(account_status.to_table(statuses))
     else:
         out.print("no accounts: none is configured and the event log is empty", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------- reconcile
+
+
+@app.command("reconcile")
+def reconcile(
+    config: ConfigOption = None,
+    log_format: LogFormatOption = None,
+    account: Annotated[
+        list[str] | None, typer.Option("--account", metavar="NAME", help="Only this account (repeatable).")
+    ] = None,
+    heal: Annotated[
+        bool, typer.Option("--heal", help="Heal what differs through the log (also: [reconcile] heal = true).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document instead of the tables.")] = False,
+) -> None:
+    """One reconciliation pass per account now: compare the projections with the venues' REST APIs and print the
+    discrepancies. Exit 1 while a discrepancy remains (or a pass failed)."""
+    from statekeeper.database import create_pool, database_target  # noqa: PLC0415
+    from statekeeper.reconcile import report  # noqa: PLC0415
+    from statekeeper.reconcile.runner import reconcile_accounts  # noqa: PLC0415
+    from statekeeper.status import ensure_migrated  # noqa: PLC0415
+
+    async def go(settings: Settings) -> tuple[Any, Any]:
+        async with database_target(settings.database) as target:
+            await ensure_migrated(target.url)
+            pool = await create_pool(target.url, max_size=2)
+            try:
+                return await reconcile_accounts(settings, pool, account, heal=heal or settings.reconcile.heal)
+            finally:
+                await pool.close()
+
+    results, records = run_command(go, config, log_format=log_format, require_secrets=True)
+    rows = [report.DiscrepancyRow.of(r) for r in records]
+    if as_json:
+        typer.echo(report.to_json(results, rows))
+    else:
+        out.print(report.to_table(results, rows))
+    failed = [r for r in results if r.status == "failed"]
+    for result in failed:
+        message = f"reconciliation of {result.account} failed: {result.error}"
+        err.print(f"[bold red]error:[/] {escape(mask_secrets(message))}", highlight=False, soft_wrap=True)
+    if failed or any(r.remaining for r in results):
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------- project
@@ -339,6 +409,164 @@ def project(
     run_command(go, config, log_format=log_format)
 
 
+# -------------------------------------------------------------------------------------------- replay
+
+
+def _instant(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}") from None
+    if instant.tzinfo is None:
+        raise typer.BadParameter("give the time zone (e.g. 2026-11-22T14:03:02Z): times are never guessed")
+    return instant
+
+
+@app.command("replay")
+def replay(
+    config: ConfigOption = None,
+    account: Annotated[
+        list[str] | None, typer.Option("--account", metavar="NAME", help="Only this account (repeatable).")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", metavar="TIME", help="State at this time (ISO 8601 with a time zone).")
+    ] = None,
+    clock: Annotated[
+        Literal["venue", "received"],
+        typer.Option("--clock", help="With --at: the venue's time of the events, or their receive time."),
+    ] = "venue",
+    position: Annotated[int | None, typer.Option("--position", min=0, help="State at this log position.")] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Compare with the live projections; exit 1 on any difference.")
+    ] = False,
+    output: Annotated[Literal["table", "json", "csv"], typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """Rebuild state from the event log (the projectors' folds) at any point, with its audit digest."""
+    from statekeeper.audit import render  # noqa: PLC0415
+    from statekeeper.audit.replay import run_replay, run_verify  # noqa: PLC0415
+    from statekeeper.database import database_target  # noqa: PLC0415
+
+    instant = _instant(at)
+    if instant is not None and position is not None:
+        raise fail("--at and --position do not go together: choose one point", 2)
+    if verify and (instant is not None or position is not None):
+        raise fail("--verify replays to the projections' own position: it takes no --at or --position", 2)
+    renderer: render.Renderer = (
+        render.JsonRenderer(sys.stdout)
+        if output == "json"
+        else render.CsvRenderer(sys.stdout)
+        if output == "csv"
+        else render.TableRenderer(out)
+    )
+    with _progress() as progress:
+        if verify:
+
+            async def check(settings: Settings) -> list[Any]:
+                async with database_target(settings.database) as target:
+                    return await run_verify(target.url, accounts=account, progress=progress)
+
+            checks = run_command(check, config)
+            raise typer.Exit(_report_verify(checks, output))
+
+        async def go(settings: Settings) -> None:
+            async with database_target(settings.database) as target:
+                await run_replay(target.url, renderer, accounts=account, position=position, at=instant, clock=clock,
+                                 progress=progress)  # fmt: skip
+
+        run_command(go, config)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[int], Callable[[int], None] | None]]:
+    """A progress bar on stderr for long replays (only on a terminal)."""
+    from rich.progress import Progress  # noqa: PLC0415
+
+    bar = Progress(console=err, transient=True)
+
+    def start(total: int) -> Callable[[int], None] | None:
+        if not err.is_terminal or total < 50_000:
+            return None
+        bar.start()
+        task = bar.add_task("replaying", total=total)
+        return lambda events: bar.advance(task, events)
+
+    try:
+        yield start
+    finally:
+        bar.stop()
+
+
+def _report_verify(checks: list[Any], output: str) -> int:
+    failed = False
+    if output == "json":
+        documents = [
+            {"account": c.account, "position": c.checkpoint, "log_head": c.account_head, "events": c.events,
+             "digest": c.digest, "differences": [str(d) for d in c.differences]}
+            for c in checks
+        ]  # fmt: skip
+        typer.echo(json.dumps({"verify": documents}, indent=2))
+        return 1 if any(c.differences for c in checks) else 0
+    for check in checks:
+        lag = f" (the log goes on to {check.account_head}: the projector lags)" if check.lag else ""
+        if check.differences:
+            failed = True
+            out.print(
+                f"[red]{escape(check.account)}: {len(check.differences)} differences[/] at log position "
+                f"{check.checkpoint}{lag}",
+                highlight=False,
+            )
+            for difference in check.differences:
+                out.print(f"  {escape(str(difference))}", highlight=False, soft_wrap=True)
+        else:
+            out.print(
+                f"{escape(check.account)}: the projection equals the replay at log position {check.checkpoint}{lag} "
+                f"({check.events} events, digest {check.digest})",
+                highlight=False,
+            )
+    return 1 if failed else 0
+
+
+@app.command("verify-log")
+def verify_log(
+    config: ConfigOption = None,
+    account: Annotated[
+        list[str] | None, typer.Option("--account", metavar="NAME", help="Only this account (repeatable).")
+    ] = None,
+) -> None:
+    """Check the event log's hash chains; report each account's first broken link. Exit 1 if any is broken."""
+    from statekeeper.audit import verify_log as chains  # noqa: PLC0415
+    from statekeeper.audit.replay import accounts_in_log  # noqa: PLC0415
+    from statekeeper.database import connect, database_target  # noqa: PLC0415
+
+    async def go(settings: Settings) -> list[chains.ChainReport]:
+        async with database_target(settings.database) as target:
+            conn = await connect(target.url)
+            try:
+                return await chains.verify_log(conn, account or await accounts_in_log(conn))
+            finally:
+                await conn.close()
+
+    reports = run_command(go, config)
+    for report in reports:
+        tip = report.tip.hex() if report.tip is not None else "none"
+        if report.broken is None:
+            out.print(
+                f"{escape(report.account)}: {report.events} events, chain intact; tip at position "
+                f"{report.last_position}: {tip}",
+                highlight=False,
+            )
+        else:
+            out.print(
+                f"[red]{escape(report.account)}: broken link at position {report.broken.position}[/]: "
+                f"{escape(report.broken.reason)} ({report.events} events, last at {report.last_position})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 
@@ -346,12 +574,17 @@ def project(
 def demo(
     config: ConfigOption = None,
     log_format: LogFormatOption = None,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", min=1, help="Run unattended for this many seconds, then print a summary and exit."),
+    ] = None,
 ) -> None:
-    """Show statekeeper end to end on the embedded database (today: the event log at work)."""
+    """Everything at once: the embedded database, simulated Extended and Paradex venues with faults and a drift,
+    the daemon (ingest, projectors, reconciliation), and a live view. Ctrl-C stops it."""
     from statekeeper.demo import run_demo  # noqa: PLC0415
 
     async def go(settings: Settings) -> int:
-        return await run_demo(settings, out)
+        return await run_demo(settings, out, duration=duration)
 
     code = run_command(go, config, log_format=log_format)
     raise typer.Exit(code)

@@ -13,7 +13,9 @@ Secrets are never read from the file. An account names the environment variable 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,12 +31,14 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from statekeeper.errors import ConfigError
 from statekeeper.events import AccountName
+from statekeeper.reconcile.diff import parse_tolerance
 
 DEFAULT_CONFIG_FILE = Path("statekeeper.toml")
 ENV_PREFIX = "STATEKEEPER_"
@@ -135,10 +139,73 @@ class AccountSettings(_Section):
         return data
 
 
+MARK_TOLERANCE = "1%"
+DEFAULT_TOLERANCES: dict[str, str] = dict.fromkeys(
+    (
+        "equity", "available_for_trade", "available_for_withdrawal", "unrealised_pnl", "initial_margin",
+        "maintenance_margin", "margin_ratio", "exposure", "leverage", "mark_price", "value", "liquidation_price",
+        "margin", "free_collateral", "total_collateral", "margin_cushion",
+    ),
+    MARK_TOLERANCE,
+)  # fmt: skip
+"""Fields that move with the mark prices, and the difference tolerated on them: 1% of the entity's scale (a
+position's notional value, a balance's or the account's equity; a ratio's own value). Every other field
+(quantities, prices of orders, statuses, ids) must be equal."""
+
+
 class ReconcileSettings(_Section):
     """Periodic verification against the venues' REST APIs."""
 
     interval_seconds: float = Field(default=60.0, gt=0, le=86_400, description="Seconds between passes.")
+    heal: bool = Field(
+        default=False,
+        description="Append a reconciliation snapshot event for each discrepancy found (and the fills and funding "
+        "payments missing from the log), then check again.",
+    )
+    tolerances: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_TOLERANCES),
+        description='Per field, the difference tolerated: an amount ("0.01", "0": exact) or a share of the '
+        'entity\'s scale ("1%"); the given ones replace the defaults (the mark-dependent figures, "1%"), the others '
+        "stay.",
+    )
+    race_window_seconds: float = Field(
+        default=2.0, ge=0, le=600,
+        description="After a REST answer, time given to the stream to deliver the same changes before comparing.",
+    )  # fmt: skip
+    rounds: int = Field(
+        default=4, ge=2, le=20,
+        description="Most REST answers per pass: a difference is a discrepancy once two answers in a row confirm it; "
+        "an entity that keeps changing while it is compared is left for the next pass.",
+    )  # fmt: skip
+    history_lookback_seconds: float = Field(
+        default=86_400.0, gt=0, le=3650 * 86_400,
+        description="How far back fills and funding payments are compared with the venue's history.",
+    )  # fmt: skip
+    history_overlap_seconds: float = Field(
+        default=600.0, ge=0, le=86_400,
+        description="The daemon's later passes compare fills and funding from this long (venue time) before the "
+        "newest item an earlier pass verified, rather than over the whole lookback.",
+    )  # fmt: skip
+    timeout_seconds: float = Field(
+        default=300.0, gt=0, le=3600, description="A pass that takes longer fails (nothing is healed)."
+    )
+
+    @field_validator("tolerances", mode="before")
+    @classmethod
+    def _tolerances(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        checked = {}
+        for name, tolerance in value.items():
+            text = str(tolerance) if isinstance(tolerance, int | str) and not isinstance(tolerance, bool) else None
+            if text is None:
+                raise ValueError(f'{name}: a tolerance is a string: an amount ("0.01") or a percentage ("1%")')
+            try:
+                parse_tolerance(text)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            checked[str(name)] = text
+        return {**DEFAULT_TOLERANCES, **checked}
 
 
 class IngestSettings(_Section):
@@ -216,7 +283,7 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = Field(
         default="text", description="text for a terminal, json for one JSON object per line."
     )
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="The lowest level logged.")
 
 
 class Settings(BaseSettings):
@@ -292,12 +359,19 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
+
+
+def _key(name: str) -> str:
+    """A key as the message shows it: quoted as in TOML when it is not a bare key (a line break, a space...)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{_key(part)}" if out else _key(str(part)))
     return out or "(top level)"
 
 
@@ -361,10 +435,19 @@ def load_settings(
         path = DEFAULT_CONFIG_FILE
     data = _read_toml(path) if path is not None else {}
     origin = str(path) if path is not None else "configuration (no file)"
+    # A top-level key such as _env_file or _cli_parse_args would be taken by pydantic-settings as an argument of
+    # its own (read another file, parse the command line): the file may only hold sections.
+    for key in data:
+        if key.startswith("_"):
+            raise ConfigError(f"{origin}: {_key(key)}: unknown key (known keys: {', '.join(_allowed_keys((key,)))})")
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin, env)) from None
+    except SettingsError as exc:  # a section or list given in the environment that is not JSON
+        found = re.search(r'field "([^"]+)"', str(exc))
+        variable = f"{ENV_PREFIX}{found.group(1)}".upper() if found else f"a {ENV_PREFIX} variable"
+        raise ConfigError(f"environment variable {variable}: not valid JSON (sections and lists are JSON)") from None
     if require_secrets:
         settings = resolve_secrets(settings, origin=origin, environ=env)
     return settings

@@ -85,6 +85,12 @@ events = Table(
     Column("id", BigInteger, Identity(always=True), nullable=False, comment="global log position"),
     *_message_columns(),
     Column("appended_at", TimestampTZ, nullable=False, server_default=func.now()),
+    Column(
+        "chain_hash",
+        LargeBinary,
+        nullable=True,
+        comment="link in the account's hash chain: SHA-256 over this event and the previous link (verify-log)",
+    ),
     PrimaryKeyConstraint("account", "id"),
     UniqueConstraint("account", "event_key"),
     CheckConstraint(_one_of("kind", KINDS), name="kind"),
@@ -97,6 +103,7 @@ events = Table(
         name="numbered_frame_key",
     ),
     CheckConstraint("octet_length(content_hash) = 32", name="content_hash_length"),
+    CheckConstraint("octet_length(chain_hash) = 32", name="chain_hash_length"),
     Index("ix_events_id", "id"),
     comment="append-only event log: every venue message and control event",
 )
@@ -234,6 +241,70 @@ funding_payments = _projection(
 )
 
 PROJECTION_TABLES: tuple[Table, ...] = tuple(metadata.tables[t.table] for t in rows.ROW_TYPES)
+
+# -------------------------------------------------------------------------------------------- reconciliation
+
+RUN_STATUSES = ("clean", "discrepancies", "failed")
+ENTITIES = ("balance", "order", "position", "account", "fill", "funding")
+
+reconciliation_runs = Table(
+    "reconciliation_runs",
+    metadata,
+    Column("account", Text, nullable=False),
+    Column("run_id", UUID(as_uuid=True), nullable=False),
+    Column("venue", Text, nullable=False),
+    Column("started_at", TimestampTZ, nullable=False),
+    Column("finished_at", TimestampTZ, nullable=False),
+    Column("status", Text, nullable=False, comment="clean, discrepancies (some remain open) or failed"),
+    Column("heal", Boolean, nullable=False, comment="whether the pass was allowed to heal"),
+    Column("log_position", BigInteger, nullable=True, comment="the projector checkpoint the last comparison read"),
+    Column("rounds", Integer, nullable=False, comment="REST answers taken"),
+    Column("compared", Integer, nullable=False, comment="entities and ledger items compared"),
+    Column("found", Integer, nullable=False, comment="discrepancies confirmed by this pass"),
+    Column("healed", Integer, nullable=False, comment="discrepancies resolved by the events this pass appended"),
+    Column("unsettled", Integer, nullable=False, comment="entities that kept changing: left for the next pass"),
+    Column("remaining", Integer, nullable=False, comment="discrepancies of the account still open after the pass"),
+    Column("error", Text, nullable=True, comment="why the pass failed"),
+    PrimaryKeyConstraint("account", "run_id"),
+    CheckConstraint(_one_of("status", list(RUN_STATUSES)), name="status"),
+    CheckConstraint("(status = 'failed') = (error IS NOT NULL)", name="failed_with_error"),
+    Index("ix_reconciliation_runs_account_started_at", "account", "started_at"),
+    comment="one row per reconciliation pass of an account",
+)
+
+reconciliation_discrepancies = Table(
+    "reconciliation_discrepancies",
+    metadata,
+    Column("account", Text, nullable=False),
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    Column("entity", Text, nullable=False, comment="balance, order, position, account, fill or funding"),
+    Column("entity_key", Text, nullable=False, comment="asset, order id, market, fill id:type, payment id"),
+    Column("field", Text, nullable=False, comment="the field that differs; 'present' when one side lacks it"),
+    Column("projected", Text, nullable=True, comment="the projection's value (the last time it was seen)"),
+    Column("venue_value", Text, nullable=True, comment="the venue's value (the last time it was seen)"),
+    Column("first_seen_at", TimestampTZ, nullable=False),
+    Column("last_seen_at", TimestampTZ, nullable=False),
+    Column("first_run_id", UUID(as_uuid=True), nullable=False),
+    Column("last_run_id", UUID(as_uuid=True), nullable=False),
+    Column("occurrences", Integer, nullable=False, comment="passes that confirmed it"),
+    Column("resolved_at", TimestampTZ, nullable=True),
+    Column("resolved_run_id", UUID(as_uuid=True), nullable=True),
+    Column("healed_by_event_id", BigInteger, nullable=True, comment="the event that healed it (events.id)"),
+    PrimaryKeyConstraint("account", "id"),
+    CheckConstraint(_one_of("entity", list(ENTITIES)), name="entity"),
+    CheckConstraint("(resolved_at IS NULL) = (resolved_run_id IS NULL)", name="resolved_by_run"),
+    Index(
+        "ix_reconciliation_discrepancies_open",
+        "account",
+        "entity",
+        "entity_key",
+        "field",
+        unique=True,
+        postgresql_where=text("resolved_at IS NULL"),
+    ),
+    Index("ix_reconciliation_discrepancies_account_last_seen_at", "account", "last_seen_at"),
+    comment="what reconciliation found: one row per difference, open until resolved",
+)
 """The tables the projectors write, in :data:`rows.ROW_TYPES` order."""
 
 VIEWS: dict[str, str] = {

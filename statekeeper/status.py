@@ -25,7 +25,7 @@ from rich.table import Table
 from statekeeper import statements
 from statekeeper.database import connect
 from statekeeper.errors import MigrationError
-from statekeeper.events import EventKind, Transport
+from statekeeper.events import Transport
 from statekeeper.projections.store import ALL_ACCOUNTS, CHECKPOINT, LAG
 
 StreamState = Literal["streaming", "polling", "down", "none"]
@@ -65,24 +65,18 @@ JOIN LATERAL (
 ) AS s ON true
 """
 
-# The latest reconciliation pass of each account: a backward walk of the primary key (account, id) that stops at
-# the first pass, so it is short when reconciliation runs periodically (an account never reconciled is walked
-# whole: see docs/operations.md).
+# The latest reconciliation pass of each account: one backward probe of the index (account, started_at) of
+# reconciliation_runs.
 RECONCILIATIONS = """
-SELECT a.account, e.id, e.venue_time, e.appended_at,
-       e.payload ->> 'run_id' AS run_id,
-       e.payload ->> 'status' AS status,
-       coalesce((e.payload ->> 'discrepancies')::bigint, 0) AS discrepancies,
-       coalesce((e.payload ->> 'healed')::bigint, 0) AS healed,
-       e.payload ->> 'error' AS error
+SELECT a.account, r.run_id, r.started_at, r.finished_at, r.status, r.remaining, r.found, r.healed, r.error
 FROM unnest($1::text[]) AS a(account)
 JOIN LATERAL (
-    SELECT id, venue_time, appended_at, payload
-    FROM events
-    WHERE events.account = a.account AND events.kind = $2
-    ORDER BY id DESC
+    SELECT run_id, started_at, finished_at, status, remaining, found, healed, error
+    FROM reconciliation_runs
+    WHERE reconciliation_runs.account = a.account
+    ORDER BY started_at DESC
     LIMIT 1
-) AS e ON true
+) AS r ON true
 """
 
 # Whether an ingest daemon holds each account's claim (a session-level advisory lock on (class, hashtext)).
@@ -152,11 +146,17 @@ class ProjectorStatus:
 
 @dataclass(frozen=True, slots=True)
 class ReconciliationStatus:
-    event_id: int
+    """The account's latest pass, from ``reconciliation_runs``."""
+
     at: datetime
-    run_id: str | None
-    status: str | None
+    """When the pass started."""
+    finished_at: datetime
+    run_id: str
+    status: str
+    """clean, discrepancies (some are open) or failed."""
     discrepancies: int
+    """Discrepancies of the account still open after the pass."""
+    found: int
     healed: int
     error: str | None
 
@@ -253,8 +253,7 @@ async def _gather(
         for row in await conn.fetch(SESSIONS, names):
             sessions.setdefault(row["account"], []).append(row)
         projectors = {r["account"]: r for r in await conn.fetch(LAG, names, CHECKPOINT)}
-        kind = EventKind.RECONCILIATION_PASS.value
-        passes = {r["account"]: r for r in await conn.fetch(RECONCILIATIONS, names, kind)}
+        passes = {r["account"]: r for r in await conn.fetch(RECONCILIATIONS, names)}
         claims = {r["account"]: r["claimed"] for r in await conn.fetch(CLAIMS, names, statements.CLAIM_LOCK_CLASS)}
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
         raise MigrationError(
@@ -303,11 +302,12 @@ def _reconciliation(row: asyncpg.Record | None) -> ReconciliationStatus | None:
     if row is None:
         return None
     return ReconciliationStatus(
-        event_id=row["id"],
-        at=row["venue_time"],
-        run_id=row["run_id"],
+        at=row["started_at"],
+        finished_at=row["finished_at"],
+        run_id=str(row["run_id"]),
         status=row["status"],
-        discrepancies=row["discrepancies"],
+        discrepancies=row["remaining"],
+        found=row["found"],
         healed=row["healed"],
         error=row["error"],
     )
@@ -418,10 +418,12 @@ def _reconciliation_cell(s: AccountStatus) -> str:
     r = s.reconciliation
     if r is None:
         return "[dim]never[/]"
-    status = r.status or "?"
+    status = r.status
     text = f"[{_RECONCILIATION_STYLE.get(status, 'yellow')}]{escape(status)}[/]"
     if r.discrepancies:
-        text += f", {r.discrepancies} discrepancies"
+        text += f", {r.discrepancies} open discrepancies"
+    if r.healed:
+        text += f", {r.healed} healed"
     if r.error:
         text += f" ({escape(r.error)})"
     return f"{text}\n{_time(r.at)}{_age(s.as_of, r.at)}"

@@ -22,6 +22,7 @@ from statekeeper.errors import MigrationError
 from statekeeper.eventlog import PostgresEventLog
 from statekeeper.events import Event, ReconciliationPass, Source, natural_key
 from statekeeper.projections import store
+from statekeeper.reconcile.runner import INSERT_RUN
 from tests.factories import fill_event, order_snapshot
 
 HOUR = timedelta(hours=1)
@@ -43,6 +44,18 @@ def reconciliation_pass(account: str, run_id: str, at: datetime, status_: str, d
         received_at=at,
         key=natural_key("reconciliation", run_id),
     )
+
+
+RUN_1, RUN_2, RUN_3 = (UUID(int=n) for n in (1, 2, 3))
+
+
+async def record_run(
+    conn: asyncpg.Connection, account: str, run_id: UUID, at: datetime, status_: str, *, found: int = 0,
+    healed: int = 0, remaining: int = 0, error: str | None = None,
+) -> None:  # fmt: skip
+    """A row of ``reconciliation_runs``, as a pass of :mod:`statekeeper.reconcile` records it."""
+    await conn.execute(INSERT_RUN, account, run_id, "extended", at, at + timedelta(seconds=2), status_, False, 0, 2,
+                       10, found, healed, 0, remaining, error)  # fmt: skip
 
 
 async def open_session(
@@ -93,6 +106,11 @@ async def test_gather_reports_stream_events_projector_and_reconciliation(
     )
     assert len(appended.positions) == 5
     async with pool.acquire() as conn:
+        # ext-a: two passes, the last with discrepancies (one healed, three still open); a failed pass elsewhere
+        await record_run(conn, "ext-a", RUN_1, started + timedelta(minutes=1), "clean")
+        await record_run(conn, "ext-a", RUN_2, started + timedelta(minutes=2), "discrepancies", found=4, healed=1,
+                         remaining=3)  # fmt: skip
+        await record_run(conn, "down-c", RUN_3, started, "failed", error="HTTP 503")
         # ext-a: a WebSocket session closed on a gap, a newer one streaming; a polling session left open too
         first = await open_session(conn, "ext-a", "websocket", started)
         await close_session(
@@ -129,12 +147,13 @@ async def test_gather_reports_stream_events_projector_and_reconciliation(
     assert a.last_event.kind == "reconciliation_pass"
     assert a.last_event.venue_time == started + timedelta(minutes=2)
     assert a.reconciliation == status.ReconciliationStatus(
-        event_id=appended.positions[3],
         at=started + timedelta(minutes=2),
-        run_id="run-2",
+        finished_at=started + timedelta(minutes=2, seconds=2),
+        run_id=str(RUN_2),
         status="discrepancies",
         discrepancies=3,
-        healed=0,
+        found=4,
+        healed=1,
         error=None,
     )
     # never projected: every event is lag, and the oldest waited since `started`
@@ -292,6 +311,7 @@ async def test_status_command_json_and_table(
     await log.append([fill_event("ext-a", str(i), received_at=received) for i in range(2)])
     await log.append([reconciliation_pass("ext-a", "r1", received, "clean", 0)])
     async with pool.acquire() as conn:
+        await record_run(conn, "ext-a", RUN_1, received, "clean")
         await open_session(conn, "ext-a", "websocket", received, owner="box:99")
         await store.apply_batch(conn, "ext-a", limit=1)
     (tmp_path / "statekeeper.toml").write_text(
@@ -313,7 +333,7 @@ async def test_status_command_json_and_table(
     assert a["projector"]["lag_events"] == 2
     assert isinstance(a["projector"]["lag_seconds"], str) and Decimal(a["projector"]["lag_seconds"]) > 3590
     assert datetime.fromisoformat(a["projector"]["oldest_unapplied_received_at"]) == received
-    assert a["reconciliation"]["status"] == "clean" and a["reconciliation"]["run_id"] == "r1"
+    assert a["reconciliation"]["status"] == "clean" and a["reconciliation"]["run_id"] == str(RUN_1)
     idle = accounts["pdx-idle"]
     assert idle["venue"] == "paradex" and idle["stream"]["state"] == "none"
     assert idle["last_event"] is None and idle["reconciliation"] is None

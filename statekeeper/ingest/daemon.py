@@ -43,6 +43,7 @@ from statekeeper.ingest.writer import AccountWriter
 from statekeeper.logs import log_context
 from statekeeper.migrations import check as check_schema
 from statekeeper.projections.worker import ProjectorMetrics, ProjectorWorker
+from statekeeper.reconcile.runner import ReconcileMetrics, Reconciler, ReconcileService
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class AccountRuntime:
     settings: AccountSettings
     writer: AccountWriter
     ingest: AccountIngest | None = None
+    reconcile: ReconcileService | None = None
     claimed: bool = False
     restarts: list[float] = field(default_factory=list)
 
@@ -80,14 +82,23 @@ class Daemon:
     """The ingest daemon for ``settings`` against the database at ``database_url``."""
 
     def __init__(
-        self, settings: Settings, database_url: str, *, metrics: IngestMetrics | None = None, ingest: bool = True
+        self,
+        settings: Settings,
+        database_url: str,
+        *,
+        metrics: IngestMetrics | None = None,
+        ingest: bool = True,
+        project: bool = True,
     ) -> None:
         self.settings = settings
         self.url = database_url
         self.ingest = ingest
-        """False for ``statekeeper project``: the projectors only."""
+        """False for ``statekeeper project`` and ``statekeeper run --only project``: the projectors only."""
+        self.project = project
+        """False for ``statekeeper run --only ingest``: no projector worker, whatever ``[projector] workers`` says."""
         self.metrics = metrics or IngestMetrics()
         self.projector_metrics = ProjectorMetrics(self.metrics.registry)
+        self.reconcile_metrics = ReconcileMetrics(self.metrics.registry)
         self.projectors: list[ProjectorWorker] = []
         self._projector_restarts: list[float] = []
         self.stop = asyncio.Event()
@@ -107,7 +118,7 @@ class Daemon:
             raise MigrationError("the database is not ready for the daemon:\n" + "\n".join(problems))
         if self.ingest and not self.settings.accounts:
             raise ConfigError("no accounts are configured: add [[accounts]] to the configuration file")
-        if not self.ingest and not self.settings.projector.workers:
+        if not self.ingest and not (self.project and self.settings.projector.workers):
             raise ConfigError("[projector] workers is 0: there is nothing for `statekeeper project` to run")
         options = self.settings.ingest
         pool = await create_pool(self.url, max_size=max(2, self.settings.database.pool_size))
@@ -117,7 +128,7 @@ class Daemon:
         try:
             with self._signals(), _first_failure():
                 async with asyncio.TaskGroup() as group:
-                    for number in range(self.settings.projector.workers):
+                    for number in range(self.settings.projector.workers if self.project else 0):
                         worker = ProjectorWorker(self.url, pool, settings=self.settings.projector, stop=self.stop,
                                                  metrics=self.projector_metrics,
                                                  name=f"{self.owner}/{number}")  # fmt: skip
@@ -126,7 +137,8 @@ class Daemon:
                                                            worker.run), name=f"projector-{number}")  # fmt: skip
                     for account in self.settings.accounts if self.ingest else ():
                         writer = AccountWriter(log, account=account.name, bound=options.queue_size,
-                                               batch_size=options.batch_size, metrics=self.metrics)  # fmt: skip
+                                               batch_size=options.batch_size, metrics=self.metrics,
+                                               on_appended=self._appended)  # fmt: skip
                         runtime = AccountRuntime(account, writer)
                         self.accounts[account.name] = runtime
                         self._account_tasks.append(
@@ -148,6 +160,11 @@ class Daemon:
             await runner.cleanup()
             await pool.close()
         logger.info("statekeeper %s: stopped", "run" if self.ingest else "project", extra={"action": "daemon_stopped"})
+
+    def _appended(self, account: str) -> None:
+        """This process's ingest just committed events of ``account``: its projectors need not wait for NOTIFY."""
+        for worker in self.projectors:
+            worker.poke(account)
 
     async def _grace(self) -> None:
         """Once stopping, give the accounts the grace period; then cancel what is left, loudly."""
@@ -215,7 +232,21 @@ class Daemon:
             options=options, owner=self.owner,
             stop=stop, metrics=self.metrics,
         )  # fmt: skip
-        await runtime.ingest.run()
+        # Reconciliation passes beside the ingest, while this daemon holds the account (every interval, and after
+        # every resync), with a REST client of their own; they end with the ingest.
+        reconcile_driver = make_driver(account.venue, credential=account.api_key, ws_url=account.ws_url,
+                                       rest_url=account.rest_url, backfill_from=options.backfill_from)  # fmt: skip
+        reconciler = Reconciler(account=account.name, venue=account.venue, driver=reconcile_driver, pool=pool,
+                                settings=self.settings.reconcile, metrics=self.reconcile_metrics)  # fmt: skip
+        runtime.reconcile = ReconcileService(reconciler, interval=self.settings.reconcile.interval_seconds, stop=stop)
+        reconciling = asyncio.create_task(runtime.reconcile.run(), name=f"reconcile-{account.name}")
+        try:
+            await runtime.ingest.run()
+        finally:
+            reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciling
+            await reconcile_driver.close()
 
     async def _supervised(
         self, name: str, restarts: list[float], what: str, start: Callable[[], Awaitable[Any]]

@@ -55,6 +55,9 @@ from statekeeper.projections.rows import (
     same_state,
 )
 
+_REQUESTED = frozenset({Source.REST.value, Source.RECONCILIATION.value})
+"""Sources whose snapshots are REST answers: ``received_at`` is when the request was sent."""
+
 
 @dataclass(frozen=True, slots=True)
 class FoldEvent:
@@ -77,8 +80,9 @@ class FoldEvent:
 
     @property
     def snapshot_time(self) -> datetime:
-        """When the venue's state in a snapshot was taken, at the latest."""
-        return self.received_at if self.source == Source.REST else self.venue_time
+        """When the venue's state in a snapshot was taken, at the latest (REST and reconciliation snapshots: when
+        the request was sent)."""
+        return self.received_at if self.source in _REQUESTED else self.venue_time
 
 
 # --------------------------------------------------------------------------------------------- state
