@@ -2,8 +2,9 @@
 
 Appending
     :meth:`PostgresEventLog.append` writes a batch in one transaction: take the append lock, probe which keys
-    are already stored, COPY the new rows, read back their positions. COPY was chosen by measurement over
-    ``executemany`` and ``INSERT ... SELECT FROM unnest`` (see ``docs/event-log.md``). The append is
+    are already stored, link the new rows into their accounts' hash chains, COPY them, read back their
+    positions. COPY was chosen by measurement over ``executemany`` and ``INSERT ... SELECT FROM unnest`` (see
+    ``docs/event-log.md``). The append is
     idempotent: an event whose key is already stored with the same content is a *duplicate* and changes nothing;
     one whose key is stored with different content is a *conflict*, recorded in ``event_conflicts`` (kept,
     visible, counted) and never silently dropped.
@@ -13,6 +14,12 @@ Ordering (invariant 6)
     statement trigger does it, so no client can forget) and holds it until commit. Positions therefore become
     visible in the order they were drawn, and a reader that asks for ``id > checkpoint`` can never miss an event
     that commits late. See ``docs/event-log.md`` for why this was preferred to an ``xid8`` watermark.
+
+Tamper evidence
+    Each event's ``chain_hash`` covers its content and the previous ``chain_hash`` of its account
+    (:mod:`statekeeper.audit.chain`). Appends are serialised by the lock above, so the link is computed here, in
+    Python, from the account's last stored link; ``statekeeper verify-log`` recomputes every link from the stored
+    rows. Control and corrective events (resolver, reconciliation) are appended here too, so the chain covers them.
 
 Waking
     An ``AFTER INSERT`` statement trigger sends ``NOTIFY statekeeper_events``; :class:`LogWaiter` turns that into
@@ -32,6 +39,7 @@ from typing import Any
 import asyncpg
 
 from statekeeper import statements
+from statekeeper.audit.chain import GENESIS, link_hash
 from statekeeper.database import connect
 from statekeeper.errors import DatabaseError, StatekeeperError
 from statekeeper.events import EncodedEvent, Event, RejectedFrame, StoredEvent, encode_events
@@ -108,9 +116,16 @@ def _event_columns(rows: Sequence[EncodedEvent]) -> list[list[Any]]:
 
 
 def copy_record(row: EncodedEvent) -> tuple[Any, ...]:
-    """One row for COPY, in the order of :data:`statements.COPY_COLUMNS`."""
+    """The message's columns of one row, in the order of :data:`statements.COPY_COLUMNS`."""
     return (row.account, row.venue, row.session, row.seq, row.key, row.kind, row.snapshot, row.source,
             row.venue_time, row.received_at, row.payload, row.raw, row.content_hash)  # fmt: skip
+
+
+def chain_link(previous: bytes, row: EncodedEvent) -> bytes:
+    """The event's link in its account's hash chain, after the account's link ``previous``."""
+    return link_hash(previous, account=row.account, venue=row.venue, session=row.session, seq=row.seq, key=row.key,
+                     kind=row.kind, snapshot=row.snapshot, source=row.source, venue_time=row.venue_time,
+                     received_at=row.received_at, raw=row.raw, content_hash=row.content_hash)  # fmt: skip
 
 
 def stored_event(row: asyncpg.Record) -> StoredEvent:
@@ -190,9 +205,13 @@ class PostgresEventLog:
         stored = {(r["account"], r["event_key"]): (r["id"], bytes(r["content_hash"])) for r in probe if r["id"]}
         new = [i for i in unique if (rows[i].account, rows[i].key) not in stored]
         if new:
-            await conn.copy_records_to_table(
-                "events", records=[copy_record(rows[i]) for i in new], columns=statements.COPY_COLUMNS
-            )
+            tips = await conn.fetch(statements.CHAIN_TIPS, sorted({rows[i].account for i in new}))
+            links: dict[str, bytes] = {r["account"]: bytes(r["chain_hash"] or GENESIS) for r in tips}
+            records = []
+            for i in new:  # COPY order is log order: each row links to the one before it in its account
+                link = links[rows[i].account] = chain_link(links[rows[i].account], rows[i])
+                records.append((*copy_record(rows[i]), link))
+            await conn.copy_records_to_table("events", records=records, columns=statements.APPEND_COLUMNS)
             appended = await conn.fetch(statements.READ_BACK_APPENDED, head)
             if len(appended) != len(new):
                 raise EventLogError(

@@ -9,10 +9,13 @@ from __future__ import annotations
 _EVENT_COLUMNS = """account, venue, session, seq, event_key, kind, snapshot, source,
     venue_time, received_at, payload, raw, content_hash"""
 
-#: The columns an append COPYs into ``events``, in the order of :func:`statekeeper.eventlog.copy_record`.
+#: The message's columns, in the order of :func:`statekeeper.eventlog.copy_record` (``event_conflicts`` holds them
+#: too).
 COPY_COLUMNS: tuple[str, ...] = tuple(c.strip() for c in _EVENT_COLUMNS.split(","))
+#: The columns an append COPYs into ``events``: the message's, then its link in its account's hash chain.
+APPEND_COLUMNS: tuple[str, ...] = (*COPY_COLUMNS, "chain_hash")
 
-# Appending is lock, probe, COPY, read back, in one transaction:
+# Appending is lock, probe, chain, COPY, read back, in one transaction:
 # 1. Take the append lock (held until commit) and check the isolation level: under READ COMMITTED every later
 #    statement sees all appends committed before the lock was granted, so the probe below cannot race.
 TAKE_APPEND_LOCK = """
@@ -36,7 +39,17 @@ LEFT JOIN (
 ) AS found ON true
 """
 
-# 3. COPY the new rows into events (see COPY_COLUMNS); 4. read back the positions they were given: under the
+# 3. The last link of each account's hash chain (statekeeper.audit.chain), from which the new rows' links go on:
+#    one backward probe of the primary key (account, id) per account. Under the lock, no other append can move it.
+CHAIN_TIPS = """
+SELECT a.account, t.chain_hash
+FROM unnest($1::text[]) AS a(account)
+LEFT JOIN LATERAL (
+    SELECT chain_hash FROM events WHERE events.account = a.account ORDER BY id DESC LIMIT 1
+) AS t ON true
+"""
+
+# 4. COPY the new rows into events (see APPEND_COLUMNS); 5. read back the positions they were given: under the
 #    lock, the rows after the head are exactly this batch's, in COPY order.
 READ_BACK_APPENDED = """
 SELECT id FROM events WHERE id > $1 ORDER BY id
@@ -160,9 +173,59 @@ CLAIM_LOCK_CLASS = 21324
 TRY_CLAIM_ACCOUNT = f"SELECT pg_try_advisory_lock({CLAIM_LOCK_CLASS}, hashtext($1))"
 RELEASE_ACCOUNT = f"SELECT pg_advisory_unlock({CLAIM_LOCK_CLASS}, hashtext($1))"
 
+# ------------------------------------------------------------------------------------------ audit
+
+# Replay reads one account's events in pages of consecutive positions, folded server-side into one text value:
+# one line per event, its fields separated by tabs (id, venue, kind, snapshot, source, venue_time, received_at,
+# payload).
+# jsonb's text form escapes control characters, so neither a tab nor a newline can occur inside a field. One value
+# per page costs far less to receive and split than a record per event (see docs/audit.md). Only the kinds the
+# folds read ($6) are sent; $3 is the last position replayed, $4 an optional time limit on the clock $5 names.
+REPLAY_PAGE = """
+SELECT string_agg(concat_ws(E'\\t', id, venue, kind, snapshot, source, venue_time, received_at, payload::text),
+                  E'\\n' ORDER BY id) AS page,
+       max(id) AS last, count(*) AS events
+FROM (
+    SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
+    FROM events
+    WHERE account = $1 AND id > $2 AND id <= $3 AND kind = ANY($6::text[])
+      AND ($4::timestamptz IS NULL OR (CASE WHEN $5::text = 'received' THEN received_at ELSE venue_time END) <= $4)
+    ORDER BY id
+    LIMIT $7
+) AS page
+"""
+
+# Every account in the log, by a loose index scan over the primary key (account, id): one probe per account.
+ACCOUNTS_IN_LOG = """
+WITH RECURSIVE found(account) AS (
+    (SELECT account FROM events ORDER BY account LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.account FROM events AS e WHERE e.account > found.account ORDER BY e.account LIMIT 1)
+    FROM found WHERE found.account IS NOT NULL
+)
+SELECT account FROM found WHERE account IS NOT NULL
+"""
+
+# How many events a replay up to position $2 reads (for its progress bar): an index-only count per account.
+COUNT_UP_TO = "SELECT count(*) FROM events WHERE account = ANY($1::text[]) AND id <= $2"
+
+# The account's last log position (0: none), read with its projection by `replay --verify`.
+ACCOUNT_HEAD = "SELECT coalesce(max(id), 0) FROM events WHERE account = $1"
+
+# verify-log reads every stored column an event's links cover, account by account in log order.
+CHAIN_PAGE = """
+SELECT id, account, venue, session, seq, event_key, kind, snapshot, source, venue_time, received_at, payload, raw,
+       content_hash, chain_hash
+FROM events
+WHERE account = $1 AND id > $2
+ORDER BY id
+LIMIT $3
+"""
+
 ALL: dict[str, str] = {
     "take_append_lock": TAKE_APPEND_LOCK,
     "probe_keys": PROBE_KEYS,
+    "chain_tips": CHAIN_TIPS,
     "read_back_appended": READ_BACK_APPENDED,
     "record_conflicts": RECORD_CONFLICTS,
     "insert_rejected_frames": INSERT_REJECTED_FRAMES,
@@ -180,4 +243,9 @@ ALL: dict[str, str] = {
     "latest_marks": LATEST_MARKS,
     "try_claim_account": TRY_CLAIM_ACCOUNT,
     "release_account": RELEASE_ACCOUNT,
+    "replay_page": REPLAY_PAGE,
+    "accounts_in_log": ACCOUNTS_IN_LOG,
+    "count_up_to": COUNT_UP_TO,
+    "chain_page": CHAIN_PAGE,
+    "account_head": ACCOUNT_HEAD,
 }

@@ -200,7 +200,14 @@ async def test_order_holds_after_dump_and_restore_into_a_fresh_cluster(
         await admin.execute("CREATE DATABASE restored")
         await admin.close()
         restored_url = fresh.url("restored")
-        restore = [str(pg_restore), "--no-owner", "--exit-on-error", f"--dbname={restored_url}", str(dump)]
+        restore = [
+            str(pg_restore),
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            f"--dbname={restored_url}",
+            str(dump),
+        ]
         await asyncio.to_thread(subprocess.run, restore, check=True)
 
         pool = await create_pool(restored_url, max_size=10)

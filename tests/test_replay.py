@@ -1,0 +1,322 @@
+"""Replay: state at any point against the simulated venue's own history, paging and spilling change nothing,
+``--verify`` catches a projection changed behind the projector's back, digests agree across runs and across a dump
+and restore, and the command's options, formats and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from typer.testing import CliRunner
+
+from statekeeper.audit.reader import SERVER_SETTINGS, Bound
+from statekeeper.audit.render import JsonRenderer
+from statekeeper.audit.replay import account_digest, replayed, run_replay, run_verify
+from statekeeper.audit.state import ReplayState
+from statekeeper.cli import app
+from statekeeper.database import connect, create_pool
+from statekeeper.embedded import bin_dir
+from statekeeper.eventlog import PostgresEventLog
+from statekeeper.events import Event
+from statekeeper.ingest.records import Origin, ledger_event
+from statekeeper.projections import store
+from statekeeper.projections.fold import AccountState, fold
+from statekeeper.projections.rows import Row
+from statekeeper.simulator import Simulator, SimulatorConfig, Truth
+from statekeeper.simulator.engine import ChangeKind, SimFunding, ms_to_datetime
+from statekeeper.simulator.faults import FaultPlan
+from statekeeper.venues.base import FrameContext, Item
+from statekeeper.venues.extended import parse_frame
+from tests.projection_strategies import account_events, fold_events
+from tests.projection_support import compare_with_truth, report
+
+ACCOUNT = "ext-audit"
+STEPS = 400
+SAMPLES = (0, 57, 150, 263, STEPS)
+"""Steps after which the replay is compared with the venue's truth (0: right after connecting)."""
+
+
+@dataclass
+class History:
+    """A simulated Extended account's stream (and its funding over REST) as events, and the venue's truth after
+    each sampled step with the venue time it was reached at."""
+
+    events: list[Event]
+    truths: dict[int, tuple[datetime, Truth]]
+
+
+def simulated_history(seed: int = 11) -> History:
+    """One client's session with a simulated Extended venue, rendered offline: the connect snapshot, then every
+    frame of ``STEPS`` steps through the real parser; funding (not on Extended's stream) as the daemon fetches it
+    over REST. Funding every 5 s of venue time, so that a few hundred steps have several payments."""
+    sim = Simulator(SimulatorConfig(venue="extended", seed=seed, accounts=(ACCOUNT,), rate=0, faults=FaultPlan(),
+                                    record_frames=False, funding_interval_ms=5_000))  # fmt: skip
+    engine, server = sim.engine, sim.server
+    assert hasattr(server, "snapshot")
+    session = uuid4()
+    origin = Origin(ACCOUNT, "extended", session)
+    received = datetime(2026, 6, 1, tzinfo=UTC)
+    events: list[Event] = []
+    seq = 0
+
+    def frame(message: dict[str, Any]) -> None:
+        nonlocal seq
+        seq += 1
+        text = orjson.dumps({**message, "seq": seq}).decode()
+        event = parse_frame(text, FrameContext(ACCOUNT, "extended", session, received + timedelta(milliseconds=seq)))
+        assert isinstance(event, Event), event
+        events.append(event)
+
+    for message in server.snapshot(engine.accounts[ACCOUNT]):
+        frame(message)
+    # what happened before the connection: backfilled over REST after connecting, as the daemon does
+    for fill in engine.accounts[ACCOUNT].fills:
+        done = engine.fill_record(fill)
+        events.append(ledger_event(origin, "fill", Item(done, done.model_dump_json()), fetched_at=received))
+    for payment in engine.accounts[ACCOUNT].funding:
+        paid = engine.funding_record(payment)
+        events.append(ledger_event(origin, "funding", Item(paid, paid.model_dump_json()), fetched_at=received))
+    truths = {0: (ms_to_datetime(engine.now_ms), engine.truth(ACCOUNT))}
+    for step in range(1, STEPS + 1):
+        for change in engine.step():
+            for message in server.messages(change):
+                frame(message)
+            if change.kind == ChangeKind.FUNDING:
+                assert isinstance(change.payload, SimFunding)
+                record = engine.funding_record(change.payload)
+                item = Item(record, record.model_dump_json())
+                events.append(ledger_event(origin, "funding", item, fetched_at=received + timedelta(seconds=step)))
+        if step in SAMPLES:
+            truths[step] = (ms_to_datetime(engine.now_ms), engine.truth(ACCOUNT))
+    return History(events, truths)
+
+
+async def append(url: str, events: Sequence[Event]) -> None:
+    pool = await create_pool(url, max_size=2)
+    try:
+        log = PostgresEventLog(pool)
+        for start in range(0, len(events), 500):
+            await log.append(events[start : start + 500])
+    finally:
+        await pool.close()
+
+
+async def replay_tables(
+    url: str, bound: Bound | None = None, *, page_size: int = 10_000, hot_rows: int = 20_000
+) -> tuple[dict[str, list[Row]], str]:
+    conn = await connect(url, server_settings=SERVER_SETTINGS)
+    try:
+        bound = bound or Bound(int(await conn.fetchval("SELECT max(id) FROM events")))
+        async with replayed(conn, ACCOUNT, bound, page_size=page_size, hot_rows=hot_rows) as state:
+            tables = {table: list(table_rows) for table, table_rows in state.tables()}
+            return tables, account_digest(state.tables())
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def history() -> History:
+    return simulated_history()
+
+
+# ------------------------------------------------------------------------------------------ point in time
+
+
+async def test_state_at_any_time_is_the_venues_own_state_then(database_url: str, history: History) -> None:
+    await append(database_url, history.events)
+    assert len(history.truths) == len(SAMPLES)
+    for step, (when, truth) in history.truths.items():
+        tables, _ = await replay_tables(database_url, Bound(10**12, when, "venue"))
+        # fresh=False: the marks move between publications, so the mark-dependent figures are compared only where the
+        # venue publishes them with the state (they are not part of a point-in-time audit of what was held).
+        found = compare_with_truth(tables, truth, "extended", fresh=False, strict_orders=True)
+        assert not found, f"after step {step} ({when.isoformat()}): " + report(found)
+    # the funding payments are there (the test would prove little without them)
+    final, _ = await replay_tables(database_url)
+    assert len(final["funding_payments"]) >= 3
+    assert final["fills"] and final["open_orders"] and final["positions"]
+
+
+async def test_a_position_and_the_time_of_its_event_give_the_same_state(database_url: str, history: History) -> None:
+    await append(database_url, history.events[:300])
+    conn = await connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT id, venue_time, received_at FROM events WHERE account = $1 ORDER BY id "
+                                  "OFFSET 150 LIMIT 1", ACCOUNT)  # fmt: skip
+        last_same_time = await conn.fetchval(
+            "SELECT max(id) FROM events WHERE account = $1 AND received_at <= $2", ACCOUNT, row["received_at"]
+        )
+    finally:
+        await conn.close()
+    by_position, digest_position = await replay_tables(database_url, Bound(row["id"]))
+    by_time, digest_time = await replay_tables(database_url, Bound(10**12, row["received_at"], "received"))
+    assert last_same_time == row["id"]  # receive times are 1 ms apart: the two points are the same
+    assert by_position == by_time
+    assert digest_position == digest_time
+
+
+async def test_small_pages_and_spilling_to_disk_change_nothing(database_url: str, history: History) -> None:
+    await append(database_url, history.events)
+    whole, digest = await replay_tables(database_url)
+    paged, paged_digest = await replay_tables(database_url, page_size=37, hot_rows=8)
+    assert paged == whole
+    assert paged_digest == digest
+
+
+@settings(max_examples=60)
+@given(account_events(max_steps=40))
+def test_replay_state_in_pages_equals_one_pass(events: list[Event]) -> None:
+    """The replay store (partial loads per page, spilled rows read back) equals folding everything in one pass."""
+    stored = fold_events(events)
+    expected = fold(AccountState("acc"), stored).tables()
+    for page_size, hot_rows in ((1, 1), (3, 2), (1_000, 1_000)):
+        state = ReplayState("acc", hot_rows=hot_rows)
+        try:
+            for start in range(0, len(stored), page_size):
+                state.apply(stored[start : start + page_size])
+            assert {table: list(table_rows) for table, table_rows in state.tables()} == expected
+        finally:
+            state.close()
+
+
+# ----------------------------------------------------------------------------------------------- verify
+
+
+async def test_verify_catches_a_projection_row_changed_behind_the_projectors_back(
+    database_url: str, history: History
+) -> None:
+    await append(database_url, history.events)
+    conn = await connect(database_url)
+    try:
+        await store.catch_up(conn, [ACCOUNT], limit=500)
+        (clean,) = await run_verify(database_url)
+        assert clean.differences == []
+        assert clean.checkpoint == clean.account_head
+        await conn.execute("UPDATE balances SET balance = balance + 1 WHERE account = $1", ACCOUNT)
+        order_id = await conn.fetchval("SELECT min(order_id) FROM open_orders WHERE account = $1", ACCOUNT)
+        await conn.execute("DELETE FROM open_orders WHERE account = $1 AND order_id = $2", ACCOUNT, order_id)
+        (changed,) = await run_verify(database_url)
+    finally:
+        await conn.close()
+    shown = [str(d) for d in changed.differences]
+    assert [(d.table, d.column) for d in changed.differences] == [("balances", "balance"), ("open_orders", None)]
+    assert "balance: replayed" in shown[0]
+    assert f"open_orders [{order_id}]: replayed, not in the projection" in shown[1]
+    assert changed.digest == clean.digest  # the replay itself did not change
+
+
+async def test_verify_compares_at_the_projectors_checkpoint(database_url: str, history: History) -> None:
+    await append(database_url, history.events[:200])
+    conn = await connect(database_url)
+    try:
+        await store.catch_up(conn, [ACCOUNT], limit=500)
+    finally:
+        await conn.close()
+    await append(database_url, history.events[200:260])  # not projected yet: the projector lags
+    (check,) = await run_verify(database_url)
+    assert check.differences == []
+    assert check.lag
+    assert check.account_head > check.checkpoint
+
+
+# ----------------------------------------------------------------------------------------------- digest
+
+
+async def test_digest_is_the_same_across_runs_and_after_a_dump_and_restore(
+    database_url: str, empty_database_url: str, history: History, tmp_path: Path
+) -> None:
+    await append(database_url, history.events[:400])
+    first = await run_replay(database_url, JsonRenderer(io.StringIO()))
+    second = await run_replay(database_url, JsonRenderer(io.StringIO()))
+    assert first.digest == second.digest
+    assert len(first.digest) == 64
+    dump = tmp_path / "log.dump"
+    tools = bin_dir()
+    await asyncio.to_thread(
+        subprocess.run,
+        [str(tools / "pg_dump"), "--format=custom", "--no-owner", "--no-privileges", "-f", str(dump),
+         "--dbname", database_url],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    await asyncio.to_thread(
+        subprocess.run,
+        [str(tools / "pg_restore"), "--no-owner", "--no-privileges", "--dbname", empty_database_url, str(dump)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    restored = await run_replay(empty_database_url, JsonRenderer(io.StringIO()))
+    assert restored.digest == first.digest
+    assert restored.digests == first.digests
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def invoke(url: str, *args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env={"STATEKEEPER_DATABASE_URL": url}, catch_exceptions=False)
+
+
+def test_replay_command_formats_options_and_exit_codes(database_url: str, history: History) -> None:
+    asyncio.run(append(database_url, history.events[:250]))
+    when = history.truths[57][0].isoformat()
+
+    as_json = invoke(database_url, "replay", "--at", when, "--format", "json")
+    assert as_json.exit_code == 0, as_json.output
+    document = orjson.loads(as_json.output)
+    assert document["replay"]["at"] == when
+    assert document["replay"]["clock"] == "venue"
+    (account,) = document["accounts"]
+    assert account["account"] == ACCOUNT
+    assert set(account["tables"]) >= {"balances", "open_orders", "positions", "fills", "funding_payments"}
+    assert account["tables"]["balances"][0]["balance"]  # decimals as exact strings
+
+    # the frames were received from 2026-06-01T00:00:00.001Z on, 1 ms apart
+    as_csv = invoke(
+        database_url, "replay", "--at", "2026-06-01T00:00:00.120Z", "--clock", "received", "--format", "csv"
+    )
+    assert as_csv.exit_code == 0, as_csv.output
+    lines = list(csv.reader(io.StringIO(as_csv.output)))
+    assert ["table", "account", "basis", "events", "position", "digest"] in lines
+    assert any(line[:1] == ["balances"] for line in lines)
+    assert "by received time" in as_csv.output
+
+    as_table = invoke(database_url, "replay", "--account", ACCOUNT, "--position", "100")
+    assert as_table.exit_code == 0, as_table.output
+    assert "log position 100" in as_table.output
+    assert "balances" in as_table.output
+    assert "digest" in as_table.output
+
+    assert invoke(database_url, "replay", "--at", when, "--position", "5").exit_code == 2
+    assert invoke(database_url, "replay", "--at", "2026-01-01T00:00:00").exit_code == 2  # no time zone
+    assert invoke(database_url, "replay", "--verify", "--position", "5").exit_code == 2
+    assert invoke(database_url, "replay", "--account", "nobody").exit_code == 2
+
+    asyncio.run(project(database_url))
+    verified = invoke(database_url, "replay", "--verify")
+    assert verified.exit_code == 0, verified.output
+    assert "the projection equals the replay" in verified.output
+    asyncio.run(project(database_url, change="UPDATE positions SET size = size * 2"))
+    mismatch = invoke(database_url, "replay", "--verify")
+    assert mismatch.exit_code == 1
+    assert "size: replayed" in mismatch.output
+
+
+async def project(url: str, *, change: str | None = None) -> None:
+    """Bring the projections up to the log, then (optionally) change them behind the projector's back."""
+    conn = await connect(url)
+    try:
+        await store.catch_up(conn, [ACCOUNT], limit=500)
+        if change is not None:
+            await conn.execute(change)
+    finally:
+        await conn.close()
