@@ -7,12 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import typer
-import yaml
-from typer.core import TyperGroup
-
-from statekeeper.cli import app
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,34 +44,6 @@ def test_projector_benchmark_runs_in_its_quick_form() -> None:
                    "mix:", "frames/s achieved", "p50", "p99", "ingest only", "target"):  # fmt: skip
         assert figure in stdout
     assert "latency, extended" in stdout and "latency, paradex" in stdout
-
-
-def _cli_paths(group: TyperGroup, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    paths = set()
-    for name, command in group.commands.items():
-        paths.add((*prefix, name))
-        if isinstance(command, TyperGroup):
-            paths |= _cli_paths(command, (*prefix, name))
-    return paths
-
-
-def test_compose_services_run_commands_that_exist() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"postgres", "migrate", "statekeeper"} <= set(services)
-    assert services["migrate"]["command"] == ["db", "upgrade"]
-    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["statekeeper"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    known = _cli_paths(typer.main.get_group(app))
-    for name, service in services.items():
-        command = service.get("command")
-        if name == "postgres" or command is None:
-            continue
-        words = tuple(w for w in command if not w.startswith("-"))
-        runnable = any(words[: len(path)] == path for path in known)
-        assert runnable, f"{name}: statekeeper {' '.join(command)}"
-        assert "profiles" not in service, f"{name} is parked in a profile: `docker compose up` would skip it"
-    assert (ROOT / "Dockerfile").is_file()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
