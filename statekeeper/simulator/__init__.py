@@ -213,15 +213,26 @@ class Simulator:
     def truth(self, account: str) -> Truth:
         return self.engine.truth(account)
 
-    def inject(self, kind: FaultKind, account: str | None = None, count: int = 1) -> list[str]:
-        """Cause a fault now: on the next frames or requests, or, for drift and disconnect, at once."""
+    def inject(
+        self,
+        kind: FaultKind,
+        account: str | None = None,
+        count: int = 1,
+        *,
+        drift: Literal["order", "balance"] | None = None,
+    ) -> list[str]:
+        """Cause a fault now: on the next frames or requests, or, for drift and disconnect, at once.
+
+        ``drift`` chooses what a drift changes (see :meth:`statekeeper.simulator.engine.Engine.drift`): either, at
+        random, by default.
+        """
         names = [account] if account is not None else list(self.config.accounts)
         if kind is FaultKind.DRIFT:
             done = []
             for name in names:
                 for _ in range(count):
                     self.fault_counts[FaultKind.DRIFT] += 1
-                    description = self.engine.drift(name)
+                    description = self.engine.drift(name, drift)
                     self.drifts.append((name, description))
                     done.append(description)
             return done

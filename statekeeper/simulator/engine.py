@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
+from typing import Literal
 
 from statekeeper.events import (
     AccountSummary,
@@ -544,11 +545,14 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ drift
 
-    def drift(self, name: str) -> str:
-        """Change the truth without publishing anything: reconciliation must find it. Returns what changed."""
+    def drift(self, name: str, what: Literal["order", "balance"] | None = None) -> str:
+        """Change the truth without publishing anything: reconciliation must find it. Returns what changed.
+
+        ``what``: cancel an open order (if there is one) or adjust the balance; by default either, at random.
+        """
         account = self.accounts[name]
         open_orders = account.open_orders()
-        if open_orders and self.rng.random() < 0.5:
+        if open_orders and (what == "order" or (what is None and self.rng.random() < 0.5)):
             order = self.rng.choice(open_orders)
             order.status, order.status_reason = "CANCELLED", "DRIFT"
             order.updated_ms = self.now_ms
