@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench migrate install clean
+.PHONY: demo test lint typecheck pytest bench chaos migrate docs install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,19 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.parse
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.projector
+	$(BIN)/python -m bench.audit
+
+## fault injection against the real daemon, invariants checked after every run (figures: docs/reliability.md)
+chaos: $(STAMP)
+	$(BIN)/python -m chaos
 
 ## apply migrations to the configured database (or the embedded one)
 migrate: $(STAMP)
 	$(BIN)/statekeeper db upgrade
+
+## regenerate the configuration reference from the settings model (a test fails while it is stale)
+docs: $(STAMP)
+	$(BIN)/python -m statekeeper.configdoc > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

@@ -140,6 +140,8 @@ def integer(value: Any, where: str) -> int:
 def timestamp(value: Any, where: str) -> datetime:
     """An aware UTC datetime from epoch milliseconds (or seconds, below :data:`SECONDS_LIMIT`)."""
     if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise WireError(f"{where}: {value} is not a finite number")
         value = int(value) if value == value.to_integral_value() else value
     number = integer(value, where) if not isinstance(value, Decimal) else value
     if number < 0:
@@ -160,6 +162,8 @@ def epoch_ms(moment: datetime) -> int:
 
 
 def optional_timestamp(value: Any, where: str) -> datetime | None:
+    if isinstance(value, Decimal) and not value.is_finite():  # a signalling NaN cannot even be compared
+        raise WireError(f"{where}: {value} is not a finite number")
     if value is None or value in ("", 0):
         return None
     return timestamp(value, where)

@@ -73,7 +73,7 @@ class ExtendedRestClient:
             raise TypeError("api_key must be a pydantic SecretStr, so that it never shows in a repr or a log")
         if not api_key.get_secret_value():
             raise ValueError("the Extended API key is empty")
-        self._auth = {x.API_KEY_HEADER: api_key.get_secret_value()}
+        self._api_key = api_key  # kept secret: the header is built per request, never held in clear
         if http is None:
             http = VenueHttpClient(venue=x.VENUE, base_url=base_url, timeout=timeout, retry=retry or RetryPolicy())
         elif http.base_url.rstrip("/") != base_url.rstrip("/"):
@@ -97,7 +97,8 @@ class ExtendedRestClient:
     async def _get(
         self, path: str, params: Params | None = None, *, ok_statuses: Collection[int] = (200,)
     ) -> HttpResponse:
-        return await self._http.get(path, params, ok_statuses=ok_statuses, headers=self._auth)
+        headers = {x.API_KEY_HEADER: self._api_key.get_secret_value()}
+        return await self._http.get(path, params, ok_statuses=ok_statuses, headers=headers)
 
     # ------------------------------------------------------------------------------------------ snapshots
 
