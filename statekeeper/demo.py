@@ -349,35 +349,37 @@ async def _run(
     venues = {name: venue for venue, names in ACCOUNTS.items() for name in names}
     drift_at = min(DRIFT_AFTER_SECONDS, duration / 4) if duration is not None else DRIFT_AFTER_SECONDS
     drifted = False
+    drifting = next(s for s in simulators if DRIFT_ACCOUNT in s.config.accounts)
     notes: list[str] = []
     started = time.monotonic()
     conn = await connect(target.url)
     try:
-        snapshot = Snapshot()
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            while not task.done() and not daemon.stop.is_set():
-                elapsed = time.monotonic() - started
-                if duration is not None and elapsed >= duration:
-                    break
-                sim = next(s for s in simulators if DRIFT_ACCOUNT in s.config.accounts)
-                # an order cancelled behind the stream's back (so the account needs an open order at that moment)
-                if not drifted and elapsed >= drift_at and sim.truth(DRIFT_ACCOUNT).open_orders:
-                    drifted = True
-                    for description in sim.inject(FaultKind.DRIFT, DRIFT_ACCOUNT, drift="order"):
-                        notes.append(f"{_when(datetime.now(UTC))} drift injected on {DRIFT_ACCOUNT}: {description} "
-                                     "(never announced on the stream: reconciliation finds it)")  # fmt: skip
-                snapshot = await read_snapshot(conn, accounts, venues)
-                live.update(view(snapshot, elapsed=elapsed, duration=duration, notes=notes))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task), REFRESH_SECONDS)
-    finally:
-        daemon.stop.set()
         try:
-            await task
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                while not task.done() and not daemon.stop.is_set():
+                    elapsed = time.monotonic() - started
+                    if duration is not None and elapsed >= duration:
+                        break
+                    # an order cancelled behind the stream's back (the account needs an open order at that moment)
+                    if not drifted and elapsed >= drift_at and drifting.truth(DRIFT_ACCOUNT).open_orders:
+                        drifted = True
+                        for what in drifting.inject(FaultKind.DRIFT, DRIFT_ACCOUNT, drift="order"):
+                            at = _when(datetime.now(UTC))
+                            notes.append(f"{at} drift injected on {DRIFT_ACCOUNT}: {what} "
+                                         "(never announced on the stream: reconciliation finds it)")  # fmt: skip
+                    snapshot = await read_snapshot(conn, accounts, venues)
+                    live.update(view(snapshot, elapsed=elapsed, duration=duration, notes=notes))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(task), REFRESH_SECONDS)
         finally:
-            quiet.setLevel(level)
-            totals = await conn.fetch(TOTALS, accounts)
-            await conn.close()
+            daemon.stop.set()
+            try:
+                await task  # the daemon's own error, if it failed, is the command's
+            finally:
+                quiet.setLevel(level)
+        totals = await conn.fetch(TOTALS, accounts)
+    finally:
+        await conn.close()
     console.print(summary_table(totals))
     console.print(
         f"[bold]stopped[/] after {time.monotonic() - started:.0f} s; "

@@ -374,10 +374,16 @@ class LogWaiter:
         if self._connection is not None and not self._connection.is_closed():
             return
         self._connection = None
+        connection: asyncpg.Connection | None = None
         try:
             connection = await connect(self.url)
             await connection.add_listener(NOTIFY_CHANNEL, self._notified)
-        except _LISTEN_ERRORS as exc:
+        except BaseException as exc:
+            # Not listening: this connection is of no use (and a wait cancelled here must not leak it).
+            if connection is not None:
+                connection.terminate()
+            if not isinstance(exc, _LISTEN_ERRORS):
+                raise
             logger.warning(
                 "cannot listen for new events, polling every %.1f s: %s",
                 self.poll_interval,

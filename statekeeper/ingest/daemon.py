@@ -78,6 +78,14 @@ def _first_failure() -> Any:
         raise group.exceptions[0] from None
 
 
+def _report_reconcile_failure(task: asyncio.Task[None]) -> None:
+    """An account's reconciliation service died of an unexpected error: say so at once, not when its ingest ends
+    (the error is raised again then, and the account's supervision restarts both)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("reconciliation service %s failed: %r", task.get_name(), task.exception(),
+                     extra={"action": "reconcile_service_failed"})  # fmt: skip
+
+
 class Daemon:
     """The ingest daemon for ``settings`` against the database at ``database_url``."""
 
@@ -240,13 +248,16 @@ class Daemon:
                                 settings=self.settings.reconcile, metrics=self.reconcile_metrics)  # fmt: skip
         runtime.reconcile = ReconcileService(reconciler, interval=self.settings.reconcile.interval_seconds, stop=stop)
         reconciling = asyncio.create_task(runtime.reconcile.run(), name=f"reconcile-{account.name}")
+        reconciling.add_done_callback(_report_reconcile_failure)
         try:
             await runtime.ingest.run()
         finally:
             reconciling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciling
-            await reconcile_driver.close()
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciling
+            finally:
+                await reconcile_driver.close()
 
     async def _supervised(
         self, name: str, restarts: list[float], what: str, start: Callable[[], Awaitable[Any]]

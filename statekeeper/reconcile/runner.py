@@ -713,6 +713,9 @@ class ReconcileService:
             except DATABASE_ERRORS as exc:
                 logger.warning("reconciliation of %s: the database failed (%s); trying again in %g s", account, exc,
                                self.interval, extra={"action": "reconcile_db_failed", "account": account})  # fmt: skip
+            except Exception:  # a bug must not end the account's reconciliation until its ingest ends
+                logger.exception("reconciliation of %s failed unexpectedly; trying again in %g s", account,
+                                 self.interval, extra={"action": "reconcile_failed", "account": account})  # fmt: skip
             due = time.monotonic() + self.interval
 
     async def _start(self) -> int:
