@@ -31,7 +31,7 @@ import asyncpg
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
-from statekeeper import schema
+from statekeeper import schema, statements
 from statekeeper.errors import StatekeeperError
 from statekeeper.projections import rows
 from statekeeper.projections.fold import AccountState, FoldEvent, Needs, fold, needs
@@ -215,16 +215,8 @@ ACCOUNTS_SINCE = """
 SELECT account, max(id) AS head FROM events WHERE id > $1 GROUP BY account
 """
 
-# Every account in the log, by a loose index scan over the primary key (account, id): one probe per account.
-ALL_ACCOUNTS = """
-WITH RECURSIVE found(account) AS (
-    (SELECT account FROM events ORDER BY account LIMIT 1)
-    UNION ALL
-    SELECT (SELECT e.account FROM events AS e WHERE e.account > found.account ORDER BY e.account LIMIT 1)
-    FROM found WHERE found.account IS NOT NULL
-)
-SELECT account FROM found WHERE account IS NOT NULL
-"""
+# Every account in the log (a loose index scan: one probe per account).
+ALL_ACCOUNTS = statements.ACCOUNTS_IN_LOG
 
 # How far behind each account's projections are: the checkpoint, the events not applied yet, and the oldest
 # one's receive time (a range of the primary key, as long as the lag). Used by the workers and `statekeeper status`.
