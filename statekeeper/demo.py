@@ -380,6 +380,7 @@ async def _run(
         totals = await conn.fetch(TOTALS, accounts)
     finally:
         await conn.close()
+    console.print()  # the live view's last frame may end without one
     console.print(summary_table(totals))
     console.print(
         f"[bold]stopped[/] after {time.monotonic() - started:.0f} s; "
