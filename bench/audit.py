@@ -10,10 +10,14 @@ accounts interleaved batch by batch; then vacuumed and analyzed.
 Timed, each in a fresh process (so that its peak resident memory, ``VmHWM``, is the replay's own):
 
 * ``replay``: :func:`statekeeper.audit.replay.run_replay` of both accounts up to the position of the 100,000th
-  event, then up to the last (the 1,000,000th), rows and digest computed, output discarded (the headline: events
-  folded per second, and the peak memory of each);
+  event, then up to the last (the 1,000,000th), rows and digest computed, every row streamed to a renderer that
+  discards it, with ``--jobs`` one per core (each account in a worker process, as ``statekeeper replay`` does by
+  default; forced for the 100,000 too, so that both runs have the same processes): the headline, events folded
+  per second, and the peak memory of each: this process's own plus, for each worker, the largest worker's peak
+  (``ru_maxrss`` of the children), as if all peaked at once;
 
-Baselines in the same run: (a) the read alone: :func:`statekeeper.audit.reader.pages` over the whole log, events
+Baselines in the same run: (o) the same replay of 1,000,000 in one process (``--jobs 1``), digest checked equal;
+(a) the read alone: :func:`statekeeper.audit.reader.pages` over the whole log, events
 decoded, nothing folded; (b) the generic reader: ``PostgresEventLog.read`` 10,000 at a time and
 ``FoldEvent.of`` (what the projector benchmark measured at ~45,000/s); (c) the pure folds in memory
 (``fold.fold``) over the first 100,000 events of the log, already decoded.
@@ -36,6 +40,7 @@ from typing import Any
 
 from bench.common import cluster, record
 from bench.projector import Venue, chunks, events_of, frames_of
+from statekeeper.audit.parallel import default_jobs
 from statekeeper.audit.reader import SERVER_SETTINGS, Bound, pages
 from statekeeper.audit.replay import run_replay
 from statekeeper.audit.state import ReplayState
@@ -90,11 +95,16 @@ async def build_log(url: str, total: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------- child processes
 
 
-async def child_replay(url: str, position: int) -> dict[str, Any]:
+async def child_replay(url: str, position: int, jobs: int) -> dict[str, Any]:
     start = time.perf_counter()
-    run = await run_replay(url, Discard(), position=position)
+    run = await run_replay(url, Discard(), position=position, jobs=jobs, parallel_from=0)
     seconds = time.perf_counter() - start
-    return {"events": run.events, "seconds": seconds, "peak_mb": peak_mb(), "digest": run.digest}
+    workers = min(jobs, len(run.digests)) if jobs > 1 else 0
+    # Each worker's own peak is at most the largest's (ru_maxrss of the waited-for children): counted that many
+    # times, as if all peaked at once, on top of this process's own.
+    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers else 0.0
+    return {"events": run.events, "seconds": seconds, "jobs": jobs, "workers": workers,
+            "peak_mb": round(peak_mb() + workers * worker_mb, 1), "digest": run.digest}  # fmt: skip
 
 
 def peak_mb() -> float:
@@ -106,7 +116,7 @@ def peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-async def child_read(url: str, position: int) -> dict[str, Any]:
+async def child_read(url: str, position: int, _jobs: int) -> dict[str, Any]:
     conn = await connect(url, server_settings=SERVER_SETTINGS)
     events = 0
     try:
@@ -120,7 +130,7 @@ async def child_read(url: str, position: int) -> dict[str, Any]:
     return {"events": events, "seconds": seconds}
 
 
-async def child_generic(url: str, limit: int) -> dict[str, Any]:
+async def child_generic(url: str, limit: int, _jobs: int) -> dict[str, Any]:
     pool = await create_pool(url, max_size=1)
     log = PostgresEventLog(pool)
     events = 0
@@ -140,7 +150,7 @@ async def child_generic(url: str, limit: int) -> dict[str, Any]:
     return {"events": events, "seconds": seconds}
 
 
-async def child_fold(url: str, position: int) -> dict[str, Any]:
+async def child_fold(url: str, position: int, _jobs: int) -> dict[str, Any]:
     conn = await connect(url, server_settings=SERVER_SETTINGS)
     loaded: dict[str, list[FoldEvent]] = {}
     try:
@@ -159,9 +169,9 @@ async def child_fold(url: str, position: int) -> dict[str, Any]:
 CHILDREN = {"replay": child_replay, "read": child_read, "generic": child_generic, "fold": child_fold}
 
 
-def in_child(what: str, url: str, argument: int) -> dict[str, Any]:
+def in_child(what: str, url: str, argument: int, jobs: int = 1) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "bench.audit", "--child", what, url, str(argument)],
+        [sys.executable, "-m", "bench.audit", "--child", what, url, str(argument), str(jobs)],
         capture_output=True, text=True, check=False, timeout=3_600,
     )  # fmt: skip
     if result.returncode != 0:
@@ -191,16 +201,22 @@ async def main(quick: bool, write: bool) -> None:
         log = await build_log(url, total)
         print(f"  appended at {log['append_events_per_s']:,} events/s; mix {log['kinds']}", flush=True)
         at_small, at_total = await position_of(url, small), await position_of(url, total)
-        small_run = in_child("replay", url, at_small)
-        full_run = in_child("replay", url, at_total)
+        jobs = default_jobs()
+        small_run = in_child("replay", url, at_small, jobs)
+        full_run = in_child("replay", url, at_total, jobs)
+        serial = in_child("replay", url, at_total, 1)
         read = in_child("read", url, at_total)
         generic = in_child("generic", url, min(total, 200_000))
         pure = in_child("fold", url, at_small)
     ratio = full_run["peak_mb"] / small_run["peak_mb"]
-    print(f"replay, {small_run['events']:>9,} events: {small_run['events_per_s']:>9,} events/s, "
+    print(f"replay, {small_run['events']:>9,} events, --jobs {jobs}: {small_run['events_per_s']:>9,} events/s, "
           f"peak memory {small_run['peak_mb']} MB")  # fmt: skip
-    print(f"replay, {full_run['events']:>9,} events: {full_run['events_per_s']:>9,} events/s, "
+    print(f"replay, {full_run['events']:>9,} events, --jobs {jobs}: {full_run['events_per_s']:>9,} events/s, "
           f"peak memory {full_run['peak_mb']} MB ({ratio:.2f}x)")  # fmt: skip
+    print(f"baseline replay in one process (--jobs 1), {serial['events']:,} events: {serial['events_per_s']:>9,} "
+          f"events/s, peak memory {serial['peak_mb']} MB")  # fmt: skip
+    if serial["digest"] != full_run["digest"]:
+        raise SystemExit("the replay in one process and in workers gave different digests")
     print(f"baseline read + decode (replay's reader): {read['events_per_s']:>9,} events/s")
     print(f"baseline generic reader (PostgresEventLog.read + FoldEvent.of): {generic['events_per_s']:>9,} events/s")
     print(f"baseline pure folds in memory: {pure['events_per_s']:>9,} events/s")
@@ -216,6 +232,7 @@ async def main(quick: bool, write: bool) -> None:
             "events": total,
             "replay_small": small_run,
             "replay_full": full_run,
+            "replay_full_one_process": serial,
             "memory_ratio": round(ratio, 2),
             "read_events_per_s": read["events_per_s"],
             "generic_reader_events_per_s": generic["events_per_s"],
@@ -232,10 +249,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 events: proves the benchmark runs")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
-    parser.add_argument("--child", nargs=3, metavar=("WHAT", "URL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("WHAT", "URL", "N", "JOBS"), help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        what, child_url, number = options.child
-        print(json.dumps(asyncio.run(CHILDREN[what](child_url, int(number)))))
+        what, child_url, number, workers = options.child
+        print(json.dumps(asyncio.run(CHILDREN[what](child_url, int(number), int(workers)))))
     else:
         asyncio.run(main(options.quick, not options.no_record))

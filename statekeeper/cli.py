@@ -442,9 +442,16 @@ def replay(
         bool, typer.Option("--verify", help="Compare with the live projections; exit 1 on any difference.")
     ] = False,
     output: Annotated[Literal["table", "json", "csv"], typer.Option("--format", help="table, json or csv.")] = "table",
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs", min=1, help="Accounts replayed at once, each in its own process [default: one per core]."
+        ),
+    ] = None,
 ) -> None:
     """Rebuild state from the event log (the projectors' folds) at any point, with its audit digest."""
     from statekeeper.audit import render  # noqa: PLC0415
+    from statekeeper.audit.parallel import default_jobs  # noqa: PLC0415
     from statekeeper.audit.replay import run_replay, run_verify  # noqa: PLC0415
     from statekeeper.database import database_target  # noqa: PLC0415
 
@@ -453,6 +460,7 @@ def replay(
         raise fail("--at and --position do not go together: choose one point", 2)
     if verify and (instant is not None or position is not None):
         raise fail("--verify replays to the projections' own position: it takes no --at or --position", 2)
+    workers = jobs or default_jobs()
     renderer: render.Renderer = (
         render.JsonRenderer(sys.stdout)
         if output == "json"
@@ -465,7 +473,7 @@ def replay(
 
             async def check(settings: Settings) -> list[Any]:
                 async with database_target(settings.database) as target:
-                    return await run_verify(target.url, accounts=account, progress=progress)
+                    return await run_verify(target.url, accounts=account, jobs=workers, progress=progress)
 
             checks = run_command(check, config)
             raise typer.Exit(_report_verify(checks, output))
@@ -473,7 +481,7 @@ def replay(
         async def go(settings: Settings) -> None:
             async with database_target(settings.database) as target:
                 await run_replay(target.url, renderer, accounts=account, position=position, at=instant, clock=clock,
-                                 progress=progress)  # fmt: skip
+                                 jobs=workers, progress=progress)  # fmt: skip
 
         run_command(go, config)
 

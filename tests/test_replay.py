@@ -8,9 +8,10 @@ import asyncio
 import csv
 import io
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -20,19 +21,20 @@ import pytest
 from hypothesis import given, settings
 from typer.testing import CliRunner
 
+from statekeeper.audit.parallel import each_account
 from statekeeper.audit.reader import SERVER_SETTINGS, Bound
 from statekeeper.audit.render import JsonRenderer
 from statekeeper.audit.replay import account_digest, replayed, run_replay, run_verify
-from statekeeper.audit.state import ReplayState
+from statekeeper.audit.state import ReplayState, row_line, value_text
 from statekeeper.cli import app
 from statekeeper.database import connect, create_pool
 from statekeeper.embedded import bin_dir
 from statekeeper.eventlog import PostgresEventLog
 from statekeeper.events import Event
 from statekeeper.ingest.records import Origin, ledger_event
-from statekeeper.projections import store
-from statekeeper.projections.fold import AccountState, fold
-from statekeeper.projections.rows import Row
+from statekeeper.projections import rows, store
+from statekeeper.projections.fold import PROJECTED_KINDS, AccountState, fold
+from statekeeper.projections.rows import BalanceRow, Row
 from statekeeper.simulator import Simulator, SimulatorConfig, Truth
 from statekeeper.simulator.engine import ChangeKind, SimFunding, ms_to_datetime
 from statekeeper.simulator.faults import FaultPlan
@@ -120,7 +122,9 @@ async def replay_tables(
         bound = bound or Bound(int(await conn.fetchval("SELECT max(id) FROM events")))
         async with replayed(conn, ACCOUNT, bound, page_size=page_size, hot_rows=hot_rows) as state:
             tables = {table: list(table_rows) for table, table_rows in state.tables()}
-            return tables, account_digest(state.tables())
+            # The digest reads spilled rows as stored: the same lines as the rows' own, in the same order.
+            assert list(state.lines()) == [row_line(t, row) for t, table_rows in tables.items() for row in table_rows]
+            return tables, account_digest(state)
     finally:
         await conn.close()
 
@@ -186,8 +190,20 @@ def test_replay_state_in_pages_equals_one_pass(events: list[Event]) -> None:
             for start in range(0, len(stored), page_size):
                 state.apply(stored[start : start + page_size])
             assert {table: list(table_rows) for table, table_rows in state.tables()} == expected
+            assert list(state.lines()) == [row_line(t, row) for t, table_rows in expected.items() for row in table_rows]
         finally:
             state.close()
+
+
+def test_a_digest_line_is_the_canonical_json_of_the_rows_values() -> None:
+    """The digest's line format (the replay module's docstring): decimals as their exact text, times in ISO 8601
+    as :meth:`datetime.isoformat` writes them (with and without microseconds), null for none."""
+    for updated_at in (datetime(2026, 3, 1, 14, 3, 2, tzinfo=UTC), datetime(2026, 3, 1, 14, 3, 2, 500, tzinfo=UTC)):
+        row = BalanceRow("acc", "extended", "USD", Decimal("1E+3"), Decimal("-0.000100"), None, None, None, None,
+                         None, None, None, None, "ACTIVE", updated_at, 7)  # fmt: skip
+        values = [value_text(getattr(row, c)) for c in rows.columns(BalanceRow)]
+        assert row_line("balances", row) == orjson.dumps(["balances", *values])
+        assert row_line("balances", row).startswith(b'["balances","acc","extended","USD","1E+3","-0.000100",null,')
 
 
 # ----------------------------------------------------------------------------------------------- verify
@@ -257,6 +273,74 @@ async def test_digest_is_the_same_across_runs_and_after_a_dump_and_restore(
     restored = await run_replay(empty_database_url, JsonRenderer(io.StringIO()))
     assert restored.digest == first.digest
     assert restored.digests == first.digests
+
+
+# --------------------------------------------------------------------------------------- worker processes
+
+
+class Failing:
+    """An account's work that fails in the worker process (pickled by reference: this module)."""
+
+    async def __call__(self, conn: Any, account: str, progress: Any) -> None:
+        raise ValueError(f"no replay for {account} today")
+
+
+def recorder(seen: list[int]) -> Callable[[int], Callable[[int], None]]:
+    """A progress callback that records the total, then each page's events."""
+
+    def start(total: int) -> Callable[[int], None]:
+        seen.append(total)
+        return seen.append
+
+    return start
+
+
+async def test_accounts_replayed_in_worker_processes_give_the_same_output_and_digests(
+    database_url: str, history: History
+) -> None:
+    events = history.events[:300]
+    await append(database_url, events)
+    for other in ("ext-audit-2", "ext-audit-3"):
+        await append(database_url, [e.model_copy(update={"account": other}) for e in events])
+    outputs, runs, pages = [], [], []
+    for jobs in (1, 2):
+        out = io.StringIO()
+        seen: list[int] = []
+        runs.append(await run_replay(database_url, JsonRenderer(out), jobs=jobs, parallel_from=0, hot_rows=8,
+                                     progress=recorder(seen)))  # fmt: skip
+        outputs.append(out.getvalue())
+        pages.append(seen)
+    serial, parallel = runs
+    assert parallel.digests == serial.digests
+    assert list(parallel.digests) == ["ext-audit", "ext-audit-2", "ext-audit-3"]
+    assert parallel.digest == serial.digest
+    assert outputs[1] == outputs[0]
+    assert parallel.events == serial.events == 3 * sum(1 for e in events if e.kind in PROJECTED_KINDS)
+    # progress: the total to read first, then every page's events, from the workers too
+    for seen in pages:
+        assert sum(seen[1:]) == parallel.events
+    # verify in workers too: a row changed behind the projector's back is found in its account only
+    conn = await connect(database_url)
+    try:
+        await store.catch_up(conn, ["ext-audit", "ext-audit-2", "ext-audit-3"], limit=500)
+        await conn.execute("UPDATE balances SET balance = balance + 1 WHERE account = 'ext-audit-2'")
+    finally:
+        await conn.close()
+    checks = await run_verify(database_url, jobs=2, parallel_from=0)
+    assert [c.account for c in checks] == ["ext-audit", "ext-audit-2", "ext-audit-3"]
+    assert [bool(c.differences) for c in checks] == [False, True, False]
+
+
+async def test_a_failure_in_a_worker_process_is_the_replays_error(database_url: str, history: History) -> None:
+    await append(database_url, history.events[:50])
+    conn = await connect(database_url, server_settings=SERVER_SETTINGS)
+    try:
+        with pytest.raises(ValueError, match="no replay for ext-audit today"):
+            async for _ in each_account(database_url, conn, [ACCOUNT, ACCOUNT], Failing(), jobs=2, events=1,
+                                        progress=None, parallel_from=0):  # fmt: skip
+                pass
+    finally:
+        await conn.close()
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -56,7 +56,8 @@ def parse_page(text: str) -> list[FoldEvent]:
     loads = orjson.loads
     events = []
     for line in text.split("\n"):
-        position, venue, kind, snapshot, source, venue_time, received_at, payload = line.split("\t")
+        # The payload comes last and holds no raw tab (JSON escapes it): the split stops before scanning it.
+        position, venue, kind, snapshot, source, venue_time, received_at, payload = line.split("\t", 7)
         events.append(FoldEvent(int(position), venue, kind, snapshot == "t", source, parse_time(venue_time),
                                 parse_time(received_at), loads(payload)))  # fmt: skip
     return events
@@ -84,6 +85,7 @@ async def pages(
                 return
             if record["events"] == size:  # a full page: there may be more
                 ahead = asyncio.create_task(_page(conn, account, record["last"], bound, size))
+                await asyncio.sleep(0)  # let the task send its query now, not when the caller next waits
             yield parse_page(record["page"])
     finally:
         if ahead is not None:  # the caller stopped early: do not leave the read running on its connection

@@ -9,21 +9,24 @@ write back what they changed (:attr:`AccountState.changes`). Only the store diff
 The tables that stay small (balances, account margins, open orders, positions, closed positions: bounded by the
 account's assets, markets and working orders) live in memory. The tables that grow with the log (terminal orders,
 fills, fill busts, funding payments) live in memory up to ``hot_rows`` keys each; past that the least recently
-written half is spilled to a temporary SQLite file, and read back when a later page names one of its keys. The
-rows are spilled as JSON (decimals as their exact text) and decoded with :func:`statekeeper.projections.rows.
-decode`, so a row read back is equal to the row spilled, field for field.
+written half is spilled to a temporary SQLite file, and read back when a later page names one of its keys. A
+row is spilled as its digest line (:func:`row_line`: canonical JSON, decimals as their exact text) and decoded
+with :func:`statekeeper.projections.rows.decode`, so a row read back is equal to the row spilled, field for field,
+and the digest reads spilled rows as they are stored, without decoding them.
 
 At the end, each table's rows come out sorted by key, streamed (from SQLite once anything was spilled), for the
-output, the digest and ``--verify``.
+output and ``--verify`` (:meth:`ReplayState.tables`), and as digest lines (:meth:`ReplayState.lines`).
 """
 
 from __future__ import annotations
 
 import heapq
+import operator
+import shutil
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -62,7 +65,17 @@ _LOOKUP_CHUNK = 5_000
 def _plain(value: object) -> object:
     if isinstance(value, Decimal):
         return str(value)
-    raise TypeError(f"cannot spill a {type(value).__name__}")
+    raise TypeError(f"a row value cannot be a {type(value).__name__}")
+
+
+_VALUES: dict[type[Row], Any] = {row_type: operator.attrgetter(*rows.columns(row_type)) for row_type in rows.ROW_TYPES}
+
+
+def row_line(table: str, row: Row) -> bytes:
+    """One row as the digest (and the JSON output) writes it: the canonical JSON (orjson, no whitespace) of
+    ``[table, value, value, ...]`` in column order, decimals as their exact text, times in ISO 8601 as stored
+    (UTC), ``null`` for none: :func:`value_text` of each value."""
+    return orjson.dumps([table, *_VALUES[type(row)](row)], default=_plain)
 
 
 class SpillMap(Generic[R]):
@@ -106,8 +119,12 @@ class SpillMap(Generic[R]):
             self._flush(len(self._memory) - self._hot_rows // 2)
 
     def _flush(self, count: int) -> None:
-        keys = list(self._memory)[:count]
-        self._spill.db.executemany(_PUT[self.table], ((k, self._encode(self._memory.pop(k))) for k in keys))
+        # One transaction, keys in order: a fifth of the time of one transaction per row in random order.
+        keys = sorted(list(self._memory)[:count])
+        db = self._spill.db
+        db.execute("BEGIN")
+        db.executemany(_PUT[self.table], [(k, self._encode(self._memory.pop(k))) for k in keys])
+        db.execute("COMMIT")
         self._spilled = True
 
     def sorted_groups(self) -> Iterator[tuple[str, list[R]]]:
@@ -120,44 +137,67 @@ class SpillMap(Generic[R]):
         for key, blob in self._spill.db.execute(_ALL[self.table]):
             yield key, self._decode(blob)
 
+    def sorted_lines(self) -> Iterator[tuple[str, list[bytes]]]:
+        """Every group's digest lines, by key (spilled groups as stored, not decoded)."""
+        if not self._spilled:
+            for key in sorted(self._memory):
+                yield key, [row_line(self.table, row) for row in self._memory[key]]
+            return
+        self._flush(len(self._memory))
+        for key, blob in self._spill.db.execute(_ALL[self.table]):
+            yield key, blob.split(b"\n")
+
     def _encode(self, group: list[R]) -> bytes:
-        return orjson.dumps([[getattr(row, c) for c in self.columns] for row in group], default=_plain)
+        return b"\n".join([row_line(self.table, row) for row in group])
 
     def _decode(self, blob: bytes) -> list[R]:
         found = []
-        for values in orjson.loads(blob):
-            item = dict(zip(self.columns, values, strict=True))
+        for line in blob.split(b"\n"):
+            item = dict(zip(self.columns, orjson.loads(line)[1:], strict=True))
             found.append(rows.decode(self.row_type, item, account=item["account"], venue=item["venue"],
                                      event_id=item["event_id"]))  # fmt: skip
         return found
 
 
 class _SpillFile:
-    """A temporary SQLite file, created on first use and deleted on close."""
+    """A temporary SQLite file, created on first use and deleted on close.
+
+    It can be pickled (with the :class:`ReplayState` that holds it): a replay worker process hands its state to the
+    parent, which reopens the file and deletes it when it closes the state.
+    """
 
     def __init__(self, directory: Path | None) -> None:
         self._directory = directory
-        self._temp: tempfile.TemporaryDirectory[str] | None = None
+        self._path: Path | None = None
         self._db: sqlite3.Connection | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            self._temp = tempfile.TemporaryDirectory(prefix="statekeeper-replay-", dir=self._directory)
-            self._db = sqlite3.connect(Path(self._temp.name) / "spill.sqlite3", isolation_level=None)
+            created = self._path is None
+            if self._path is None:
+                self._path = Path(tempfile.mkdtemp(prefix="statekeeper-replay-", dir=self._directory))
+            self._db = sqlite3.connect(self._path / "spill.sqlite3", isolation_level=None)
             self._db.execute("PRAGMA journal_mode = OFF")
             self._db.execute("PRAGMA synchronous = OFF")
-            for statement in _CREATE.values():
-                self._db.execute(statement)
+            if created:
+                for statement in _CREATE.values():
+                    self._db.execute(statement)
         return self._db
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._db is not None:  # every write is committed: the file is complete once closed
+            self._db.close()
+            self._db = None
+        return {"_directory": self._directory, "_path": self._path, "_db": None}
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
-        if self._temp is not None:
-            self._temp.cleanup()
-            self._temp = None
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
 
 
 class ReplayState:
@@ -282,6 +322,24 @@ class ReplayState:
         working = ((k, [self.open_orders[k]]) for k in sorted(self.open_orders))
         for _, group in heapq.merge(working, self.orders.sorted_groups(), key=lambda item: item[0]):
             yield from group
+
+    def lines(self) -> Iterator[bytes]:
+        """The digest lines (:func:`row_line`) of every row of :meth:`tables`, in the same order; spilled rows are
+        read as stored."""
+        for table, small in (("balances", self.balances), ("account_margins", {(): self.margins})):
+            yield from (row_line(table, row) for _, row in sorted(small.items()) if row is not None)
+        working = ((k, [row_line("orders", self.open_orders[k])]) for k in sorted(self.open_orders))
+        yield from _flat(heapq.merge(working, self.orders.sorted_lines(), key=lambda item: item[0]))
+        for table, held in (("open_orders", self.open_orders), ("positions", self.positions),
+                            ("closed_positions", self.closed_positions)):  # fmt: skip
+            yield from (row_line(table, held[k]) for k in sorted(held))
+        for spilled in (self.fills, self.busts, self.funding):
+            yield from _flat(spilled.sorted_lines())
+
+
+def _flat(groups: Iterable[tuple[str, list[bytes]]]) -> Iterator[bytes]:
+    for _, group in groups:
+        yield from group
 
 
 def value_text(value: object) -> object:

@@ -59,9 +59,10 @@ _REQUESTED = frozenset({Source.REST.value, Source.RECONCILIATION.value})
 """Sources whose snapshots are REST answers: ``received_at`` is when the request was sent."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FoldEvent:
-    """What a fold needs of one logged event."""
+    """What a fold needs of one logged event. Treated as immutable but not frozen: a frozen dataclass costs three
+    times as much to create, and the projector and replay create one per event."""
 
     id: int
     venue: str
@@ -95,13 +96,24 @@ class Changes:
     upserted: dict[str, set[tuple[Any, ...]]] = field(default_factory=dict)
     deleted: dict[str, set[tuple[Any, ...]]] = field(default_factory=dict)
 
+    # Called for every row a fold writes: no throwaway sets (``setdefault(table, set())`` builds one per call).
     def upsert(self, table: str, key: tuple[Any, ...]) -> None:
-        self.upserted.setdefault(table, set()).add(key)
-        self.deleted.get(table, set()).discard(key)
+        keys = self.upserted.get(table)
+        if keys is None:
+            keys = self.upserted[table] = set()
+        keys.add(key)
+        gone = self.deleted.get(table)
+        if gone:
+            gone.discard(key)
 
     def delete(self, table: str, key: tuple[Any, ...]) -> None:
-        self.deleted.setdefault(table, set()).add(key)
-        self.upserted.get(table, set()).discard(key)
+        keys = self.deleted.get(table)
+        if keys is None:
+            keys = self.deleted[table] = set()
+        keys.add(key)
+        kept = self.upserted.get(table)
+        if kept:
+            kept.discard(key)
 
     def __bool__(self) -> bool:
         return any(self.upserted.values()) or any(self.deleted.values())
