@@ -198,28 +198,21 @@ class PostgresEventLog:
                 f"appends need READ COMMITTED isolation, not {lock['isolation']}: under a longer-lived snapshot "
                 "the duplicate check could miss an event committed by another appender"
             )
+        accounts = sorted({row.account for row in rows})
         probe = await conn.fetch(
-            statements.PROBE_KEYS, [rows[i].account for i in unique], [rows[i].key for i in unique]
+            statements.PROBE_KEYS, [rows[i].account for i in unique], [rows[i].key for i in unique], accounts
         )
-        head = probe[0]["head"]
+        head = next(r["head"] for r in probe if not r["tip"])
         stored = {(r["account"], r["event_key"]): (r["id"], bytes(r["content_hash"])) for r in probe if r["id"]}
         new = [i for i in unique if (rows[i].account, rows[i].key) not in stored]
         if new:
-            tips = await conn.fetch(statements.CHAIN_TIPS, sorted({rows[i].account for i in new}))
-            links: dict[str, bytes] = {r["account"]: bytes(r["chain_hash"] or GENESIS) for r in tips}
+            links = {r["account"]: bytes(r["chain_hash"] or GENESIS) for r in probe if r["tip"]}
             records = []
-            for i in new:  # COPY order is log order: each row links to the one before it in its account
+            for i in new:  # the order given is log order: each row links to the one before it in its account
                 link = links[rows[i].account] = chain_link(links[rows[i].account], rows[i])
                 records.append((*copy_record(rows[i]), link))
-            await conn.copy_records_to_table("events", records=records, columns=statements.APPEND_COLUMNS)
-            appended = await conn.fetch(statements.READ_BACK_APPENDED, head)
-            if len(appended) != len(new):
-                raise EventLogError(
-                    f"{len(new)} events were appended after position {head} but {len(appended)} are there: "
-                    "something inserted into events without taking the append lock"
-                )
-            for i, record in zip(new, appended, strict=True):
-                stored[(rows[i].account, rows[i].key)] = (record["id"], rows[i].content_hash)
+            for i, position in zip(new, await self._insert(conn, records, head), strict=True):
+                stored[(rows[i].account, rows[i].key)] = (position, rows[i].content_hash)
 
         appended_now = set(new)
         outcomes: list[AppendOutcome] = []
@@ -240,6 +233,24 @@ class PostgresEventLog:
         if conflicting:
             await self._record_conflicts(conn, rows, conflicting)
         return AppendResult(outcomes=tuple(outcomes), positions=tuple(positions))
+
+    @staticmethod
+    async def _insert(conn: asyncpg.Connection, records: list[tuple[Any, ...]], head: int) -> list[int]:
+        """Insert the rows (:data:`statements.APPEND_COLUMNS`, in log order); their positions, in the same order."""
+        if len(records) < statements.COPY_FROM_ROWS:
+            columns = [list(column) for column in zip(*records, strict=True)]
+            positions = [r["id"] for r in await conn.fetch(statements.INSERT_EVENTS, *columns)]
+            if positions != sorted(positions) or positions[0] <= head:
+                raise EventLogError(f"the positions given to an append are out of log order: {positions}")
+            return positions
+        await conn.copy_records_to_table("events", records=records, columns=statements.APPEND_COLUMNS)
+        copied: list[int] = [r["id"] for r in await conn.fetch(statements.READ_BACK_APPENDED, head)]
+        if len(copied) != len(records):
+            raise EventLogError(
+                f"{len(records)} events were appended after position {head} but {len(copied)} are there: "
+                "something inserted into events without taking the append lock"
+            )
+        return copied
 
     async def _record_conflicts(
         self,
