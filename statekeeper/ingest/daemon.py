@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -86,6 +87,18 @@ def _report_reconcile_failure(task: asyncio.Task[None]) -> None:
                      extra={"action": "reconcile_service_failed"})  # fmt: skip
 
 
+def _keep_out_of_full_collections() -> None:
+    """Collect what start-up left, then freeze the rest (modules, settings, pools, clients: alive for the daemon's
+    life) out of Python's cyclic garbage collector.
+
+    Each full collection scans every object the collector tracks, and while it runs no task runs: with start-up's
+    hundreds of thousands of objects in it, a pause of milliseconds, and the ingest and projector tail latency
+    with it. What the daemon allocates from here on is collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class Daemon:
     """The ingest daemon for ``settings`` against the database at ``database_url``."""
 
@@ -154,6 +167,7 @@ class Daemon:
                         )
                     group.create_task(claims.watch(self.stop), name="claims-watch")
                     group.create_task(self._grace(), name="grace")
+                    _keep_out_of_full_collections()
                     self.started.set()
                     logger.info(
                         "statekeeper %s: %d accounts ingested, %d projector workers; health and metrics on "
