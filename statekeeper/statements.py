@@ -189,16 +189,19 @@ RELEASE_ACCOUNT = f"SELECT pg_advisory_unlock({CLAIM_LOCK_CLASS}, hashtext($1))"
 
 # ------------------------------------------------------------------------------------------ audit
 
-# Replay reads one account's events in pages of consecutive positions, folded server-side into one text value:
-# one line per event, its fields separated by tabs (id, venue, kind, snapshot, source, venue_time, received_at,
-# payload).
-# jsonb's text form escapes control characters, so neither a tab nor a newline can occur inside a field. One value
-# per page costs far less to receive and split than a record per event (see docs/audit.md). Only the kinds the
+# One event as a line of text, for the readers that fold (statekeeper.projections.fold.parse_events): tab-separated
+# id, venue, kind, snapshot, source, venue_time, received_at, payload; times in ISO 8601 as JSON writes them
+# (whatever the session's DateStyle; parse_events turns an offset other than UTC's into UTC). jsonb's text form
+# escapes control characters, so neither a tab nor a newline can occur inside a field. The projector
+# (statekeeper.projections.store.READ_BATCH) and replay read pages of these lines as one text value: far less to
+# receive and split than a record per event.
+EVENT_LINE = """concat_ws(E'\\t', id, venue, kind, snapshot, source, to_json(venue_time) #>> '{}',
+          to_json(received_at) #>> '{}', payload::text)"""
+
+# Replay reads one account's events in pages of consecutive positions (see docs/audit.md). Only the kinds the
 # folds read ($6) are sent; $3 is the last position replayed, $4 an optional time limit on the clock $5 names.
-REPLAY_PAGE = """
-SELECT string_agg(concat_ws(E'\\t', id, venue, kind, snapshot, source, venue_time, received_at, payload::text),
-                  E'\\n' ORDER BY id) AS page,
-       max(id) AS last, count(*) AS events
+REPLAY_PAGE = f"""
+SELECT string_agg({EVENT_LINE}, E'\\n' ORDER BY id) AS page, max(id) AS last, count(*) AS events
 FROM (
     SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
     FROM events
@@ -207,7 +210,7 @@ FROM (
     ORDER BY id
     LIMIT $7
 ) AS page
-"""
+"""  # noqa: S608 - the interpolated text is a constant expression
 
 # Every account in the log, by a loose index scan over the primary key (account, id): one probe per account.
 ACCOUNTS_IN_LOG = """

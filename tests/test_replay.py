@@ -275,6 +275,25 @@ async def test_digest_is_the_same_across_runs_and_after_a_dump_and_restore(
     assert restored.digests == first.digests
 
 
+async def test_pages_read_the_same_events_whatever_the_sessions_time_zone_and_date_style(
+    database_url: str, history: History
+) -> None:
+    """The projector's and replay's pages carry times as JSON writes them, turned into UTC however the session
+    would show them."""
+    await append(database_url, history.events[:60])
+    seen = []
+    for settings in ({"TimeZone": "UTC"}, {"TimeZone": "Asia/Kolkata", "DateStyle": "SQL, DMY"}):
+        conn = await connect(database_url, server_settings=settings)
+        try:
+            _, events = await store.read_batch(conn, ACCOUNT, limit=1_000, name="test-page")
+        finally:
+            await conn.close()
+        assert {e.venue_time.tzinfo for e in events} == {e.received_at.tzinfo for e in events} == {UTC}
+        seen.append(events)
+    assert seen[0] == seen[1]
+    assert len(seen[0]) == 60
+
+
 # --------------------------------------------------------------------------------------- worker processes
 
 

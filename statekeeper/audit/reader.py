@@ -1,10 +1,10 @@
 """Stream one account's events from the log for replay: large ordered pages, the next one read while the caller
 folds the current one, so memory holds two pages at most however long the log is.
 
-Each page is one text value (:data:`statekeeper.statements.REPLAY_PAGE`): a line per event, tab-separated. Split
-and decoded here into the :class:`~statekeeper.projections.fold.FoldEvent` the folds take: that costs a fraction
-of a record per event with a decoded ``jsonb`` column each (the generic reader), and PostgreSQL builds the next
-page on its own core while this process folds the current one.
+Each page is one text value (:data:`statekeeper.statements.REPLAY_PAGE`): a line per event, tab-separated, split
+and decoded by :func:`statekeeper.projections.fold.parse_events` (as the projector reads its batches): that costs
+a fraction of a record per event with a decoded ``jsonb`` column each (the generic reader), and PostgreSQL builds
+the next page on its own core while this process folds the current one.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from datetime import datetime
 from typing import Literal
 
 import asyncpg
-import orjson
 
 from statekeeper import statements
-from statekeeper.projections.fold import PROJECTED_KINDS, FoldEvent
+from statekeeper.projections.fold import PROJECTED_KINDS, FoldEvent, parse_events
 
 TimeBasis = Literal["venue", "received"]
 
 SERVER_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO"}
-"""Settings of a replay connection: the page's times are ISO 8601 text in UTC."""
+"""Settings of a replay connection: any time the server formats as text is ISO 8601 in UTC (the pages carry
+theirs as microseconds since the epoch, whatever the settings)."""
 
 PAGE_SIZE = 10_000
 _KINDS = sorted(PROJECTED_KINDS)
@@ -50,19 +50,6 @@ class Bound:
         return f"at {self.at.isoformat()} by {clock} (up to log position {self.position})"
 
 
-def parse_page(text: str) -> list[FoldEvent]:
-    """The events of one page (see :data:`statekeeper.statements.REPLAY_PAGE`)."""
-    parse_time = datetime.fromisoformat
-    loads = orjson.loads
-    events = []
-    for line in text.split("\n"):
-        # The payload comes last and holds no raw tab (JSON escapes it): the split stops before scanning it.
-        position, venue, kind, snapshot, source, venue_time, received_at, payload = line.split("\t", 7)
-        events.append(FoldEvent(int(position), venue, kind, snapshot == "t", source, parse_time(venue_time),
-                                parse_time(received_at), loads(payload)))  # fmt: skip
-    return events
-
-
 async def _page(conn: asyncpg.Connection, account: str, after: int, bound: Bound, size: int) -> asyncpg.Record:
     return await conn.fetchrow(
         statements.REPLAY_PAGE, account, after, bound.position, bound.at, bound.basis, _KINDS, size
@@ -86,7 +73,7 @@ async def pages(
             if record["events"] == size:  # a full page: there may be more
                 ahead = asyncio.create_task(_page(conn, account, record["last"], bound, size))
                 await asyncio.sleep(0)  # let the task send its query now, not when the caller next waits
-            yield parse_page(record["page"])
+            yield parse_events(record["page"])
     finally:
         if ahead is not None:  # the caller stopped early: do not leave the read running on its connection
             ahead.cancel()

@@ -35,9 +35,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from statekeeper.events import EventKind, Source, StoredEvent
 from statekeeper.projections.rows import (
@@ -84,6 +86,26 @@ class FoldEvent:
         """When the venue's state in a snapshot was taken, at the latest (REST and reconciliation snapshots: when
         the request was sent)."""
         return self.received_at if self.source in _REQUESTED else self.venue_time
+
+
+def parse_events(page: str) -> list[FoldEvent]:
+    """The events of one page of the log as PostgreSQL wrote it (:data:`statekeeper.statements.EVENT_LINE` joined
+    by newlines): a line per event, tab-separated, times in ISO 8601, the payload last.
+
+    One text value per page costs a fraction of a record per event with a decoded ``jsonb`` column each; the
+    payload's JSON escapes any tab or newline in it, and the split stops before scanning it.
+    """
+    loads = orjson.loads
+    parse_time = datetime.fromisoformat
+    events = []
+    for line in page.split("\n"):
+        position, venue, kind, snapshot, source, venue_text, received_text, payload = line.split("\t", 7)
+        venue_time, received_at = parse_time(venue_text), parse_time(received_text)
+        if venue_time.tzinfo is not UTC or received_at.tzinfo is not UTC:  # a session TimeZone other than UTC
+            venue_time, received_at = venue_time.astimezone(UTC), received_at.astimezone(UTC)
+        events.append(FoldEvent(int(position), venue, kind, snapshot == "t", source, venue_time, received_at,
+                                loads(payload)))  # fmt: skip
+    return events
 
 
 # --------------------------------------------------------------------------------------------- state

@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql
 from statekeeper import schema, statements
 from statekeeper.errors import StatekeeperError
 from statekeeper.projections import rows
-from statekeeper.projections.fold import AccountState, FoldEvent, Needs, fold, needs
+from statekeeper.projections.fold import AccountState, FoldEvent, Needs, fold, needs, parse_events
 
 CHECKPOINT = "projections"
 """The projector's name in ``projector_checkpoints``: one checkpoint per account covers every projection table."""
@@ -106,30 +106,34 @@ ON CONFLICT (account, name) DO NOTHING
 
 # Step 1: the checkpoint and the events after it (at most $3, none after $4). One row with null event columns if
 # no event is waiting; no row at all if the account has no checkpoint yet.
-READ_BATCH = """
-SELECT c.position, c.updated_at,
-       e.id, e.venue, e.kind, e.snapshot, e.source, e.venue_time, e.received_at, e.payload
+READ_BATCH = f"""
+SELECT c.position, c.updated_at, page.events
 FROM projector_checkpoints AS c
 LEFT JOIN LATERAL (
+    SELECT string_agg({statements.EVENT_LINE}, E'\\n' ORDER BY id) AS events
+    FROM (
+        SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
+        FROM events
+        WHERE events.account = c.account AND events.id > c.position AND events.id <= $4
+        ORDER BY id
+        LIMIT $3
+    ) AS e
+) AS page ON true
+WHERE c.account = $1 AND c.name = $2
+"""  # noqa: S608 - the interpolated text is a constant expression
+
+# The events of an account after a position, as one page (benchmarks and tools; the projector reads them with its
+# checkpoint, READ_BATCH).
+READ_EVENTS = f"""
+SELECT string_agg({statements.EVENT_LINE}, E'\\n' ORDER BY id) AS events
+FROM (
     SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
     FROM events
-    WHERE events.account = c.account AND events.id > c.position AND events.id <= $4
+    WHERE account = $1 AND id > $2
     ORDER BY id
     LIMIT $3
-) AS e ON true
-WHERE c.account = $1 AND c.name = $2
-ORDER BY e.id
-"""
-
-# The events of an account after a position, as the folds need them (benchmarks and tools; the projector reads
-# them with its checkpoint, READ_BATCH).
-READ_EVENTS = """
-SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
-FROM events
-WHERE account = $1 AND id > $2
-ORDER BY id
-LIMIT $3
-"""
+) AS e
+"""  # noqa: S608 - the interpolated text is a constant expression
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,11 +254,6 @@ a migrated database."""
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def fold_event(record: asyncpg.Record) -> FoldEvent:
-    """A row of :data:`READ_EVENTS` as a :class:`FoldEvent`."""
-    return FoldEvent(*record)
-
-
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """An account's checkpoint as a batch read it: the write moves it only if it is still this one."""
@@ -267,15 +266,13 @@ async def read_batch(
     conn: asyncpg.Connection, account: str, *, limit: int, name: str = CHECKPOINT, up_to: int | None = None
 ) -> tuple[Checkpoint, list[FoldEvent]]:
     """Step 1: the account's checkpoint (created at 0 if it has none) and the next events after it."""
-    records = await conn.fetch(READ_BATCH, account, name, limit, _NO_LIMIT if up_to is None else up_to)
-    if not records:
+    record = await conn.fetchrow(READ_BATCH, account, name, limit, _NO_LIMIT if up_to is None else up_to)
+    if record is None:
         await conn.execute(ENSURE_CHECKPOINT, account, name)
-        records = await conn.fetch(READ_BATCH, account, name, limit, _NO_LIMIT if up_to is None else up_to)
-    first = records[0]
-    checkpoint = Checkpoint(first[0], first[1])
-    if first[2] is None:
-        return checkpoint, []
-    return checkpoint, [FoldEvent(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in records]
+        record = await conn.fetchrow(READ_BATCH, account, name, limit, _NO_LIMIT if up_to is None else up_to)
+        assert record is not None
+    checkpoint = Checkpoint(record[0], record[1])
+    return checkpoint, [] if record[2] is None else parse_events(record[2])
 
 
 _NO_LIMIT = 2**63 - 1
