@@ -282,8 +282,8 @@ async def test_pages_read_the_same_events_whatever_the_sessions_time_zone_and_da
     would show them."""
     await append(database_url, history.events[:60])
     seen = []
-    for settings in ({"TimeZone": "UTC"}, {"TimeZone": "Asia/Kolkata", "DateStyle": "SQL, DMY"}):
-        conn = await connect(database_url, server_settings=settings)
+    for session in ({"TimeZone": "UTC"}, {"TimeZone": "Asia/Kolkata", "DateStyle": "SQL, DMY"}):
+        conn = await connect(database_url, server_settings=session)
         try:
             _, events = await store.read_batch(conn, ACCOUNT, limit=1_000, name="test-page")
         finally:
