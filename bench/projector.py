@@ -23,9 +23,11 @@
   ``COPY`` of the same rows into a scratch copy of ``events`` (indexes included, no idempotency, 10,000 per
   transaction: the append benchmark's ceiling).
 * **latency**: the daemon (ingest + one projector worker) against a simulated venue in another process at
-  ~1,000 frames/s (the simulator's step rate calibrated on its frames per step; the achieved rate is printed),
-  30 s (5 s with ``--quick``) after a warm-up, Extended then Paradex, each in a fresh database. For every
-  state event (a kind some projection reads) received in the window: its ``received_at`` (the frame's arrival)
+  ~1,000 frames/s, in two topologies: one process (``statekeeper run``), then the projector in a process of its
+  own (``statekeeper run --only ingest`` here, ``statekeeper project`` in a child that prints each commit, as
+  ``docker-compose.yml`` deploys them); the simulator's step rate calibrated on its frames per step (the achieved
+  rate is printed); 30 s (5 s with ``--quick``) after a warm-up, Extended then Paradex, each in a fresh database.
+  For every state event (a kind some projection reads) received in the window: its ``received_at`` (the frame's arrival)
   to the commit of the projector transaction that applied it. The commit time is taken by wrapping
   ``store.apply_batch`` in this process only: the wrapper notes ``time.time()`` as soon as the call returns
   (its transaction has committed) with the batch's last event id. Baseline in the same run: the ingest-only
@@ -44,6 +46,7 @@ import argparse
 import asyncio
 import bisect
 import gc
+import json
 import os
 import statistics
 import sys
@@ -407,24 +410,10 @@ async def _round_trips(url: str, seconds: float) -> list[float]:
     return sorted(times)
 
 
-async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7) -> dict[str, Any]:
-    """The daemon against a simulated venue in another process at ~1,000 frames/s; per state event, arrival to
-    the commit of the projector transaction that applied it."""
-    account = f"live-{venue}"
-    per_step = len(record_session(venue, seed=seed, steps=2_000, account=account)) / 2_000
-    steps_per_s = FRAMES_PER_SECOND / per_step
-    port = _free_port()
-    simulator = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "statekeeper", "simulate", "--venue", venue, "--seed", str(seed), "--accounts", account,
-        "--port", str(port), "--rate", f"{steps_per_s:.2f}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    commits: list[tuple[int, float, float]] = []
-    """Per projector transaction that applied events: its last event id, when the call began, when it had
-    committed (``time.time()``, the clock ``received_at`` is taken from)."""
-    statements: list[list[object]] = []
-    """Per projector transaction that applied events, the statements it sent (BEGIN to COMMIT); asyncpg calls
-    the query logger soon after each statement, so they are counted after the run."""
+def _recording(commits: list[tuple[int, float, float]], statements: list[list[object]]) -> Any:
+    """``store.apply_batch``, noting per transaction that applied events its last event id, when the call began and
+    when it had committed (``time.time()``, the clock ``received_at`` is taken from), and the statements it sent
+    (BEGIN to COMMIT; asyncpg calls the query logger soon after each statement, so they are counted after the run)."""
     original = store.apply_batch
 
     async def recording(conn: asyncpg.Connection, batch_account: str, **options: Any) -> store.BatchResult:
@@ -440,10 +429,80 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7) -> d
             statements.append(sent)
         return result
 
+    return recording
+
+
+async def projector_child(url: str) -> None:
+    """``statekeeper project`` (the projector workers alone, woken by NOTIFY) in this process, printing a line per
+    committed batch (its last event id, began, committed), and at the end the statements each sent."""
+    commits: list[tuple[int, float, float]] = []
+    statements: list[list[object]] = []
+    settings = Settings(ingest={"metrics_port": 0}, projector={"workers": 1})  # type: ignore[arg-type]
+    daemon = Daemon(settings, url, ingest=False)
+    recording = _recording(commits, statements)
+
+    async def printing(conn: asyncpg.Connection, batch_account: str, **options: Any) -> store.BatchResult:
+        result: store.BatchResult = await recording(conn, batch_account, **options)
+        if result.events:
+            print(*commits[-1], flush=True)
+        return result
+
+    with patch.object(store, "apply_batch", printing):
+        await daemon.run()  # until SIGTERM
+    print(json.dumps([len(sent) for sent in statements]), flush=True)
+
+
+async def _read_commits(child: asyncio.subprocess.Process, commits: list[tuple[int, float, float]]) -> list[int]:
+    assert child.stdout is not None
+    async for line in child.stdout:
+        text = line.decode().strip()
+        if text.startswith("["):
+            counts: list[int] = json.loads(text)
+            return counts
+        position, began, committed = text.split()
+        commits.append((int(position), float(began), float(committed)))
+    raise SystemExit(f"the projector process ended without its statement counts (exit {await child.wait()})")
+
+
+async def _projector_process(
+    url: str, commits: list[tuple[int, float, float]]
+) -> tuple[asyncio.subprocess.Process, asyncio.Task[list[int]]]:
+    """:func:`projector_child` started, and the task that reads its commits into ``commits``."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.projector", "--projector-child", url, stdout=asyncio.subprocess.PIPE
+    )
+    return child, asyncio.create_task(_read_commits(child, commits))
+
+
+async def _stop(*processes: asyncio.subprocess.Process | None) -> None:
+    for process in processes:
+        if process is not None:
+            if process.returncode is None:
+                process.terminate()
+            await process.wait()
+
+
+async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, separate: bool = False) -> dict[str, Any]:
+    """The daemon against a simulated venue in another process at ~1,000 frames/s; per state event, arrival to
+    the commit of the projector transaction that applied it. ``separate``: the projector in a process of its own
+    (``statekeeper run --only ingest`` here, ``statekeeper project`` in a child, as docker-compose.yml deploys them)."""
+    account = f"live-{venue}"
+    per_step = len(record_session(venue, seed=seed, steps=2_000, account=account)) / 2_000
+    steps_per_s = FRAMES_PER_SECOND / per_step
+    port = _free_port()
+    simulator = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "statekeeper", "simulate", "--venue", venue, "--seed", str(seed), "--accounts", account,
+        "--port", str(port), "--rate", f"{steps_per_s:.2f}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    commits: list[tuple[int, float, float]] = []
+    statements: list[list[object]] = []
+    child, reading = await _projector_process(url, commits) if separate else (None, None)
     try:
         await _wait_port(port)
-        daemon = Daemon(_settings(venue, account, port, _credential(venue, seed, account)), url)
-        with patch.object(store, "apply_batch", recording):
+        settings = _settings(venue, account, port, _credential(venue, seed, account))
+        daemon = Daemon(settings, url, project=not separate)
+        with patch.object(store, "apply_batch", _recording(commits, statements)):
             task = asyncio.create_task(daemon.run())
             deadline = time.monotonic() + 60
             while await _stream_events(url, account) == 0:
@@ -474,10 +533,11 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7) -> d
                 await conn.close()
             daemon.stop.set()
             await task
+        if reading is not None:  # the projector process: stopped, it sends the statements each batch sent
+            await _stop(child)
+            statements = [[None] * count for count in await reading]
     finally:
-        if simulator.returncode is None:
-            simulator.terminate()
-        await simulator.wait()
+        await _stop(simulator, child)
     frames_per_s = len(rows) / (end - start).total_seconds()
     positions = [p for p, _, _ in commits]
     visible, ingest, projector, waiting, applying = [], [], [], [], []
@@ -505,6 +565,7 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7) -> d
 
     return {
         "venue": venue,
+        "topology": "projector in its own process" if separate else "one process",
         "seconds": seconds,
         "steps_per_s": round(steps_per_s, 1),
         "frames_per_s": round(frames_per_s),
@@ -560,7 +621,8 @@ def report(t: dict[str, Any], lat: list[dict[str, Any]]) -> dict[str, Any]:
         print(f"    {step:<22} {us:>7.2f} us  {t['split_share'][step]:6.1%}   cpu {used:>6.2f} us")
     for one in lat:
         v, i, p = one["visible"], one["ingest"], one["projector_share"]
-        print(f"latency, {one['venue']}: {one['frames_per_s']:,} frames/s achieved ({one['steps_per_s']} steps/s), "
+        print(f"latency, {one['venue']}, {one['topology']}: {one['frames_per_s']:,} frames/s achieved "
+              f"({one['steps_per_s']} steps/s), "
               f"{one['state_events']:,} state events in {one['seconds']:g} s, "
               f"{one['events_per_batch']} events per projector batch")  # fmt: skip
         print(f"  frame received -> row visible   p50 {v['p50_ms']:>6} ms   p99 {v['p99_ms']:>6} ms   "
@@ -585,7 +647,7 @@ def report(t: dict[str, Any], lat: list[dict[str, Any]]) -> dict[str, Any]:
     ]  # fmt: skip
     for one in lat:
         v = one["visible"]
-        venue = one["venue"]
+        venue = f"{one['venue']}, {'own process' if one['topology'] != 'one process' else 'one process'}"
         rows.append((f"p50 <= {TARGET_P50_MS:g} ms ({venue})", f"{v['p50_ms']} ms", v["p50_ms"] <= TARGET_P50_MS))
         rows.append((f"p99 <= {TARGET_P99_MS:g} ms ({venue})", f"{v['p99_ms']} ms", v["p99_ms"] <= TARGET_P99_MS))
     print(f"{'target':<29} {'result':<62} verdict")
@@ -603,7 +665,11 @@ async def run(quick: bool) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     async with cluster() as pg:
         t = await throughput(await pg.database(), 20_000 if quick else 200_000)
-        lat = [await latency(await pg.database(), venue, seconds=5 if quick else 30) for venue in VENUES]
+        lat = [
+            await latency(await pg.database(), venue, seconds=5 if quick else 30, separate=separate)
+            for separate in (False, True)
+            for venue in VENUES
+        ]
     load_after = os.getloadavg()[0]
     # Other processes share the 2 cores: the load average says how much of the machine this run had.
     print(f"load average (1 min) {load_before:.2f} at the start, {load_after:.2f} at the end")
@@ -614,7 +680,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works")
     parser.add_argument("--no-record", action="store_true", help="print the figures without writing results.json")
+    parser.add_argument("--projector-child", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.projector_child:
+        asyncio.run(projector_child(args.projector_child))
+        return
     figures = asyncio.run(run(args.quick))
     record("projector", figures, write=not args.no_record and not args.quick)
 
