@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from statekeeper import statements
+from statekeeper.audit.verify_log import verify_log
 from statekeeper.errors import InvalidEvent
 from statekeeper.eventlog import (
     AppendOutcome,
@@ -280,6 +281,25 @@ async def test_mixed_batch_positions_point_at_the_right_events(log: PostgresEven
         assert by_position[position] == (event.account, event.key)
     new_positions = [p for o, p in zip(result.outcomes, result.positions, strict=True) if o is AppendOutcome.APPENDED]
     assert new_positions == sorted(new_positions)  # log order follows batch order
+
+
+@pytest.mark.parametrize("size", [1, statements.COPY_FROM_ROWS - 1, statements.COPY_FROM_ROWS, 120])
+async def test_both_ways_of_storing_give_positions_in_log_order_and_an_unbroken_chain(
+    log: PostgresEventLog, pool: asyncpg.Pool, size: int
+) -> None:
+    """Under COPY_FROM_ROWS new rows an append is one INSERT ... RETURNING, from there COPY and a read back: either
+    way the positions point at the right events, in batch order, and each account's hash chain links up."""
+    await log.append([fill_event("acc-1", "before"), fill_event("acc-2", "before")])
+    batch = [fill_event(f"acc-{1 + n % 2}", f"f-{n}") for n in range(size)]
+    result = await log.append(batch)
+    assert result.outcomes == (AppendOutcome.APPENDED,) * size
+    assert list(result.positions) == sorted(result.positions)
+    by_position = {e.id: (e.account, e.key) for e in await log.read(0)}
+    assert [by_position[p] for p in result.positions] == [(e.account, e.key) for e in batch]
+    async with pool.acquire() as conn:
+        reports = await verify_log(conn, ["acc-1", "acc-2"])
+    assert [r.broken for r in reports] == [None, None]
+    assert sum(r.events for r in reports) == size + 2
 
 
 async def test_append_refuses_a_longer_lived_snapshot(log: PostgresEventLog) -> None:

@@ -270,7 +270,8 @@ async def read_batch(
     if record is None:
         await conn.execute(ENSURE_CHECKPOINT, account, name)
         record = await conn.fetchrow(READ_BATCH, account, name, limit, _NO_LIMIT if up_to is None else up_to)
-        assert record is not None
+        if record is None:
+            raise StatekeeperError(f"the checkpoint {name!r} of account {account!r} vanished as it was created")
     checkpoint = Checkpoint(record[0], record[1])
     return checkpoint, [] if record[2] is None else parse_events(record[2])
 
