@@ -226,13 +226,17 @@ async def read_parse_and_fold(conn: asyncpg.Connection, accounts: Sequence[str])
 
 
 async def apply_loop(conn: asyncpg.Connection, accounts: Sequence[str]) -> dict[str, float]:
-    """The headline: ``store.apply_batch`` until every account is caught up, the accounts in turn."""
+    """The headline: ``store.apply_batch`` until every account is caught up, the accounts in turn (and, as the
+    workers do, :class:`store.Statistics` after batches that wrote rows)."""
     pending = list(accounts)
     events = rows = batches = 0
+    statistics = store.Statistics()
     start = time.perf_counter()
     while pending:
         for account in list(pending):
             result = await store.apply_batch(conn, account, limit=BATCH)
+            if result.rows:
+                await statistics.refresh(conn)
             events += result.events
             rows += result.rows
             batches += result.events > 0
@@ -262,9 +266,11 @@ async def split_loop(conn: asyncpg.Connection, accounts: Sequence[str]) -> dict[
         cpu[name] += used - clock[1]
         clock[:] = [now, used]
 
+    statistics = store.Statistics()
     begin = time.perf_counter()
     while pending:
         for account in list(pending):
+            await statistics.refresh(conn)  # outside the laps, as the workers do after a batch
             clock[:] = [time.perf_counter(), time.process_time()]
             checkpoint, events = await store.read_batch(conn, account, limit=BATCH)
             lap("read")

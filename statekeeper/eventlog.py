@@ -173,7 +173,8 @@ class PostgresEventLog:
         *,
         connection: asyncpg.Connection | None = None,
     ) -> AppendResult:
-        """Append a batch in one transaction (a savepoint inside the caller's transaction if one is given).
+        """Append a batch in one transaction: the caller's, if ``connection`` is inside one (no savepoint: an error
+        aborts it, and the batch is stored or not with the rest of it), else its own.
 
         Events are encoded first, so an event that cannot be stored raises :class:`InvalidEvent` before the
         database is touched. If the database cannot be reached, :class:`EventLogUnavailable` is raised and
@@ -182,8 +183,11 @@ class PostgresEventLog:
         rows = encode_events(events)
         if not rows:
             return AppendResult((), ())
-        async with self._connection(connection) as conn, conn.transaction():
-            return await self._append_rows(conn, rows)
+        async with self._connection(connection) as conn:
+            if conn.is_in_transaction():  # a savepoint would cost two round trips, and the caller's commit decides
+                return await self._append_rows(conn, rows)
+            async with conn.transaction():
+                return await self._append_rows(conn, rows)
 
     async def _append_rows(self, conn: asyncpg.Connection, rows: list[EncodedEvent]) -> AppendResult:
         # Only the first event with a given key is sent; later ones in the batch compare with it.

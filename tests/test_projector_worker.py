@@ -218,6 +218,61 @@ async def test_workers_divide_accounts_and_apply_each_event_once(
             assert await store.read_tables(conn, account) == await pure_tables(log, account)
 
 
+async def analyzed(pool: asyncpg.Pool) -> dict[str, bool]:
+    """Per projection table: does PostgreSQL have statistics for it (has it been analyzed)?"""
+    rows = await pool.fetch("SELECT relname, reltuples >= 0 AS known FROM pg_class WHERE relname = ANY($1::text[])",
+                            list(store.TABLES))  # fmt: skip
+    return {r["relname"]: r["known"] for r in rows}
+
+
+async def test_statistics_are_given_once_per_table_file_to_tables_with_rows(
+    pool: asyncpg.Pool, log: PostgresEventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await log.append(activity("stats", 60, seed=3))
+    monkeypatch.setattr(store.Statistics, "INTERVAL_SECONDS", 0.0)
+    statistics = store.Statistics()
+    async with pool.acquire() as conn:
+        assert not any((await analyzed(pool)).values()), "a new database's projection tables have no statistics"
+        assert await statistics.refresh(conn) == [], "empty tables need none"
+        await store.catch_up(conn, ["stats"], limit=1000)
+        known = await analyzed(pool)
+        assert known["orders"] and known["fills"] and known["balances"], known  # catch_up refreshed them
+        assert not known["funding_payments"], "a table without rows is left alone"
+        assert await statistics.refresh(conn) == []
+        # Emptied and filled again (a new table file, no statistics): analyzed again, once.
+        await conn.execute("TRUNCATE orders")
+        await conn.execute("DELETE FROM projector_checkpoints")
+        await store.apply_batch(conn, "stats", limit=1000)
+        assert await statistics.refresh(conn) == ["orders"]
+        assert await statistics.refresh(conn) == []
+    # At most once per interval.
+    monkeypatch.setattr(store.Statistics, "INTERVAL_SECONDS", 3600.0)
+    later = store.Statistics()
+    async with pool.acquire() as conn:
+        await conn.execute("TRUNCATE orders")
+        await conn.execute("DELETE FROM projector_checkpoints")
+        await store.apply_batch(conn, "stats", limit=1000)
+        assert await later.refresh(conn) == ["orders"]
+        await conn.execute("TRUNCATE orders")
+        await conn.execute("DELETE FROM projector_checkpoints")
+        await store.apply_batch(conn, "stats", limit=1000)
+        assert await later.refresh(conn) == [], "checked again within the interval"
+
+
+async def test_workers_give_the_planner_statistics_for_the_tables_they_fill(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    await log.append(activity("planner", 200, seed=4))
+
+    async def orders_analyzed() -> bool:
+        return (await analyzed(pool))["orders"]
+
+    assert not await orders_analyzed()
+    async with workers(database_url, pool, 1):
+        await wait_until(caught_up(pool), what="the account projected")
+        await wait_until(orders_analyzed, what="the orders table analyzed")
+
+
 async def test_a_dead_workers_accounts_are_taken_over(
     database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
 ) -> None:

@@ -225,8 +225,10 @@ class AccountWriter:
     async def _write(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            async with self.log.pool.acquire() as conn, conn.transaction():
-                counts = await self._write_items(conn, [p.item for p in batch])
+            async with self.log.pool.acquire() as conn:
+                async with conn.transaction():
+                    counts = await self._write_items(conn, [p.item for p in batch])
+                self._committed(counts)  # before the pool resets the connection: that is one more round trip
         except CONNECTION_ERRORS as exc:
             raise EventLogUnavailable(f"the event log is unavailable: {exc}") from exc
         except asyncpg.PostgresError as exc:
@@ -236,26 +238,30 @@ class AccountWriter:
             # Something in the batch is refused by the database: store the items one by one, so that only the
             # culprit is set aside (as a rejected frame, with the database's reason).
             counts = await self._write_one_by_one(batch)
+        self._observe(batch, counts, time.perf_counter() - started)
+
+    def _committed(self, counts: dict[str, int]) -> None:
         if counts.get("appended") and self.on_appended is not None:
             self.on_appended(self.account)
-        self._observe(batch, counts, time.perf_counter() - started)
 
     async def _write_one_by_one(self, batch: list[_Pending]) -> dict[str, int]:
         """Each item in its own savepoint, all in one transaction: a retry after a lost commit sets nothing aside
         twice."""
         counts: dict[str, int] = {}
         try:
-            async with self.log.pool.acquire() as conn, conn.transaction():
-                for pending in batch:
-                    try:
-                        async with conn.transaction():
-                            done = await self._write_items(conn, [pending.item])
-                    except asyncpg.PostgresError as exc:
-                        if not _data_error(exc):
-                            raise
-                        done = await self._set_aside(conn, pending.item, exc)
-                    for key, value in done.items():
-                        counts[key] = counts.get(key, 0) + value
+            async with self.log.pool.acquire() as conn:
+                async with conn.transaction():
+                    for pending in batch:
+                        try:
+                            async with conn.transaction():
+                                done = await self._write_items(conn, [pending.item])
+                        except asyncpg.PostgresError as exc:
+                            if not _data_error(exc):
+                                raise
+                            done = await self._set_aside(conn, pending.item, exc)
+                        for key, value in done.items():
+                            counts[key] = counts.get(key, 0) + value
+                self._committed(counts)
         except CONNECTION_ERRORS as exc:
             raise EventLogUnavailable(f"the event log is unavailable: {exc}") from exc
         except asyncpg.PostgresError as exc:

@@ -149,6 +149,7 @@ class ProjectorWorker:
         """Each held account's checkpoint as this worker last moved it."""
         self._poked: set[str] = set()
         self._poke = asyncio.Event()
+        self._statistics = store.Statistics()
 
     # --------------------------------------------------------------------------------------------- run
 
@@ -301,6 +302,14 @@ class ProjectorWorker:
                 return False
         self.failing.pop(account, None)
         self._applied[account] = result.position
+        if result.rows:
+            try:
+                await self._statistics.refresh(self._applier)
+            except asyncpg.PostgresConnectionError:
+                raise
+            except asyncpg.PostgresError as exc:  # the batch is committed: only the planner's figures are missing
+                logger.warning("could not analyze the projection tables: %s", exc,
+                               extra={"action": "projections_analyze_failed"})  # fmt: skip
         self._observe(result, time.perf_counter() - started)
         return result.full
 
