@@ -23,8 +23,8 @@ from statekeeper.projections.fold import PROJECTED_KINDS, FoldEvent, parse_event
 TimeBasis = Literal["venue", "received"]
 
 SERVER_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO"}
-"""Settings of a replay connection: any time the server formats as text is ISO 8601 in UTC (the pages carry
-theirs as microseconds since the epoch, whatever the settings)."""
+"""Settings of a replay connection: any time the server formats as text (the pages' times among them:
+:data:`statekeeper.statements.REPLAY_LINE`) is ISO 8601 in UTC."""
 
 PAGE_SIZE = 10_000
 _KINDS = sorted(PROJECTED_KINDS)

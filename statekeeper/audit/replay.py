@@ -26,18 +26,21 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from statekeeper import statements
 from statekeeper.audit.parallel import PARALLEL_FROM, each_account
 from statekeeper.audit.reader import PAGE_SIZE, SERVER_SETTINGS, Bound, TimeBasis, pages
-from statekeeper.audit.render import Renderer
 from statekeeper.audit.state import HOT_ROWS, ReplayState, value_text
 from statekeeper.database import connect
 from statekeeper.errors import StatekeeperError
-from statekeeper.projections import rows, store
+from statekeeper.projections import rows
 from statekeeper.projections.rows import Row
+
+if TYPE_CHECKING:
+    from statekeeper.audit.render import Renderer
 
 DIGEST_DOMAIN = b"statekeeper/replay-digest/v1\x00"
 
@@ -205,6 +208,10 @@ class Projection:
 async def read_projection(conn: asyncpg.Connection, account: str) -> Projection:
     """The account's checkpoint and projection rows, consistent with each other (the projector commits both in one
     transaction, and they are read here in one snapshot)."""
+    # Imported here: a replay worker process does not read projections, and their SQL (SQLAlchemy) is a good part
+    # of its start.
+    from statekeeper.projections import store  # noqa: PLC0415
+
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         checkpoint = await conn.fetchval(statements.GET_CHECKPOINT, account, store.CHECKPOINT)
         tables = await store.read_tables(conn, account)

@@ -20,8 +20,6 @@ output and ``--verify`` (:meth:`ReplayState.tables`), and as digest lines (:meth
 
 from __future__ import annotations
 
-import heapq
-import operator
 import shutil
 import sqlite3
 import tempfile
@@ -62,20 +60,17 @@ _DELETE = {t: f"DELETE FROM {t} WHERE key = ?" for t in SPILLED_TABLES}  # noqa:
 _LOOKUP_CHUNK = 5_000
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"a row value cannot be a {type(value).__name__}")
-
-
-_VALUES: dict[type[Row], Any] = {row_type: operator.attrgetter(*rows.columns(row_type)) for row_type in rows.ROW_TYPES}
+_TO_LINE: dict[str, Any] = {row_type.table: rows.json_encoder(row_type, row_type.table) for row_type in rows.ROW_TYPES}
+_FROM_LINE: dict[type[Row], Any] = {row_type: rows.positional_decoder(row_type, 1) for row_type in rows.ROW_TYPES}
+"""A row from the values of its :func:`row_line` (the table's name first)."""
 
 
 def row_line(table: str, row: Row) -> bytes:
     """One row as the digest (and the JSON output) writes it: the canonical JSON (orjson, no whitespace) of
     ``[table, value, value, ...]`` in column order, decimals as their exact text, times in ISO 8601 as stored
     (UTC), ``null`` for none: :func:`value_text` of each value."""
-    return orjson.dumps([table, *_VALUES[type(row)](row)], default=_plain)
+    line: bytes = _TO_LINE[table](row)
+    return line
 
 
 class SpillMap(Generic[R]):
@@ -84,7 +79,6 @@ class SpillMap(Generic[R]):
     def __init__(self, table: str, row_type: type[R], spill: _SpillFile, hot_rows: int) -> None:
         self.table = table
         self.row_type = row_type
-        self.columns = rows.columns(row_type)
         self._spill = spill
         self._hot_rows = hot_rows
         self._memory: dict[str, list[R]] = {}
@@ -151,12 +145,8 @@ class SpillMap(Generic[R]):
         return b"\n".join([row_line(self.table, row) for row in group])
 
     def _decode(self, blob: bytes) -> list[R]:
-        found = []
-        for line in blob.split(b"\n"):
-            item = dict(zip(self.columns, orjson.loads(line)[1:], strict=True))
-            found.append(rows.decode(self.row_type, item, account=item["account"], venue=item["venue"],
-                                     event_id=item["event_id"]))  # fmt: skip
-        return found
+        from_line, loads = _FROM_LINE[self.row_type], orjson.loads
+        return [from_line(loads(line)) for line in blob.split(b"\n")]
 
 
 class _SpillFile:
@@ -319,22 +309,37 @@ class ReplayState:
         yield "funding_payments", (row for _, group in self.funding.sorted_groups() for row in group)
 
     def _all_orders(self) -> Iterator[Row]:
-        working = ((k, [self.open_orders[k]]) for k in sorted(self.open_orders))
-        for _, group in heapq.merge(working, self.orders.sorted_groups(), key=lambda item: item[0]):
-            yield from group
+        working = [(k, self.open_orders[k]) for k in sorted(self.open_orders)]
+        return _merged(working, self.orders.sorted_groups())
 
     def lines(self) -> Iterator[bytes]:
         """The digest lines (:func:`row_line`) of every row of :meth:`tables`, in the same order; spilled rows are
         read as stored."""
         for table, small in (("balances", self.balances), ("account_margins", {(): self.margins})):
             yield from (row_line(table, row) for _, row in sorted(small.items()) if row is not None)
-        working = ((k, [row_line("orders", self.open_orders[k])]) for k in sorted(self.open_orders))
-        yield from _flat(heapq.merge(working, self.orders.sorted_lines(), key=lambda item: item[0]))
+        working = [(k, row_line("orders", self.open_orders[k])) for k in sorted(self.open_orders)]
+        yield from _merged(working, self.orders.sorted_lines())
         for table, held in (("open_orders", self.open_orders), ("positions", self.positions),
                             ("closed_positions", self.closed_positions)):  # fmt: skip
             yield from (row_line(table, held[k]) for k in sorted(held))
         for spilled in (self.fills, self.busts, self.funding):
             yield from _flat(spilled.sorted_lines())
+
+
+T = TypeVar("T")
+
+
+def _merged(few: list[tuple[str, T]], groups: Iterable[tuple[str, list[T]]]) -> Iterator[T]:
+    """The items of ``groups`` and the ``few`` others, all in key order (both sorted by key, no key in both): the
+    working orders among the terminal ones, without a merge's cost per item."""
+    at = 0
+    for key, group in groups:
+        while at < len(few) and few[at][0] < key:
+            yield few[at][1]
+            at += 1
+        yield from group
+    for _, item in few[at:]:
+        yield item
 
 
 def _flat(groups: Iterable[tuple[str, list[bytes]]]) -> Iterator[bytes]:

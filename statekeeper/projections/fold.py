@@ -53,9 +53,17 @@ from statekeeper.projections.rows import (
     OrderRow,
     PositionRow,
     Row,
-    decode,
+    decoder,
     same_state,
 )
+
+_decode_balance = decoder(BalanceRow)
+_decode_margins = decoder(AccountRow)
+_decode_order = decoder(OrderRow)
+_decode_position = decoder(PositionRow)
+_decode_fill = decoder(FillRow)
+_decode_bust = decoder(FillBustRow)
+_decode_payment = decoder(FundingRow)
 
 _REQUESTED = frozenset({Source.REST.value, Source.RECONCILIATION.value})
 """Sources whose snapshots are REST answers: ``received_at`` is when the request was sent."""
@@ -220,7 +228,7 @@ def _time_or(row: BalanceRow | AccountRow, default: datetime) -> datetime:
 
 def fold_balances(state: AccountState, event: FoldEvent) -> None:
     for item in event.payload["balances"]:
-        row = decode(BalanceRow, item, account=state.account, venue=event.venue, event_id=event.id)
+        row = _decode_balance(item, state.account, event.venue, event.id)
         row.updated_at = _time_or(row, event.venue_time)
         current = state.balances.get(row.asset)
         if current is not None and (row.updated_at < current.updated_at or same_state(row, current)):
@@ -231,7 +239,7 @@ def fold_balances(state: AccountState, event: FoldEvent) -> None:
 
 def fold_margins(state: AccountState, event: FoldEvent) -> None:
     item = event.payload["summary"]
-    row = decode(AccountRow, item, account=state.account, venue=event.venue, event_id=event.id)
+    row = _decode_margins(item, state.account, event.venue, event.id)
     row.updated_at = _time_or(row, event.venue_time)
     current = state.margins
     if current is not None and (
@@ -257,7 +265,7 @@ def _apply_order(state: AccountState, row: OrderRow) -> None:
 def fold_orders(state: AccountState, event: FoldEvent) -> None:
     items = event.payload["orders"]
     for item in items:
-        _apply_order(state, decode(OrderRow, item, account=state.account, venue=event.venue, event_id=event.id))
+        _apply_order(state, _decode_order(item, state.account, event.venue, event.id))
     if not event.snapshot:
         return
     listed = {item["order_id"] for item in items}
@@ -283,8 +291,7 @@ def _apply_position(state: AccountState, row: PositionRow) -> None:
 def fold_positions(state: AccountState, event: FoldEvent) -> None:
     items = event.payload["positions"]
     for item in items:
-        _apply_position(state, decode(PositionRow, item, account=state.account, venue=event.venue,
-                                      event_id=event.id))  # fmt: skip
+        _apply_position(state, _decode_position(item, state.account, event.venue, event.id))
     if not event.snapshot:
         return
     listed = {item["market"] for item in items}
@@ -300,7 +307,7 @@ def fold_positions(state: AccountState, event: FoldEvent) -> None:
 
 def fold_fills(state: AccountState, event: FoldEvent) -> None:
     for item in event.payload["fills"]:
-        row = decode(FillRow, item, account=state.account, venue=event.venue, event_id=event.id)
+        row = _decode_fill(item, state.account, event.venue, event.id)
         key = (row.fill_id, row.fill_type)
         current = state.fills.get(key)
         bust = state.busts.get(row.fill_id)
@@ -317,7 +324,7 @@ def fold_busts(state: AccountState, event: FoldEvent) -> None:
     for item in event.payload["busts"]:
         fill_id = item["fill_id"]
         if fill_id not in state.busts:  # the first report of a bust is kept
-            bust = decode(FillBustRow, item, account=state.account, venue=event.venue, event_id=event.id)
+            bust = _decode_bust(item, state.account, event.venue, event.id)
             bust.updated_at = bust.busted_at
             state.busts[fill_id] = bust
             state.changes.upsert("fill_busts", (fill_id,))
@@ -333,13 +340,18 @@ def fold_busts(state: AccountState, event: FoldEvent) -> None:
 
 def fold_funding(state: AccountState, event: FoldEvent) -> None:
     for item in event.payload["payments"]:
-        row = decode(FundingRow, item, account=state.account, venue=event.venue, event_id=event.id)
+        row = _decode_payment(item, state.account, event.venue, event.id)
         row.updated_at = row.paid_at
         if same_state(row, state.funding.get(row.payment_id)):
             continue
         state.funding[row.payment_id] = row
         state.changes.upsert("funding_payments", (row.payment_id,))
 
+
+_ORDER, _POSITION, _BALANCE, _FILL, _ACCOUNT, _FUNDING, _FILL_BUST = (
+    EventKind.ORDER.value, EventKind.POSITION.value, EventKind.BALANCE.value, EventKind.FILL.value,
+    EventKind.ACCOUNT.value, EventKind.FUNDING.value, EventKind.FILL_BUST.value,
+)  # fmt: skip
 
 _FOLDS = {
     EventKind.ORDER.value: fold_orders,
@@ -365,8 +377,11 @@ def apply(state: AccountState, event: FoldEvent) -> None:
 
 def fold(state: AccountState, events: Iterable[FoldEvent]) -> AccountState:
     """Fold events, in log order, into ``state`` (changed in place, and returned)."""
-    for event in events:
-        apply(state, event)
+    folds = _FOLDS
+    for event in events:  # apply(), inlined: a call less per event
+        fold_one = folds.get(event.kind)
+        if fold_one is not None:
+            fold_one(state, event)
     return state
 
 
@@ -388,21 +403,24 @@ class Needs:
 
 def needs(events: Iterable[FoldEvent]) -> Needs:
     wanted = Needs()
-    for event in events:
-        kind, payload = event.kind, event.payload
-        if kind == EventKind.ORDER:
-            wanted.order_ids.update(o["order_id"] for o in payload["orders"])
-            wanted.all_open_orders |= event.snapshot
-        elif kind == EventKind.FILL:
-            wanted.fill_ids.update(f["fill_id"] for f in payload["fills"])
-        elif kind == EventKind.BALANCE:
-            wanted.balances = True
-        elif kind == EventKind.POSITION:
+    order_ids, fill_ids, payment_ids = wanted.order_ids, wanted.fill_ids, wanted.payment_ids
+    for event in events:  # called for every event read: plain strings and loops, no generators or enum members
+        kind = event.kind
+        if kind == _ORDER:
+            for order in event.payload["orders"]:
+                order_ids.add(order["order_id"])
+            if event.snapshot:
+                wanted.all_open_orders = True
+        elif kind == _POSITION:
             wanted.positions = True
-        elif kind == EventKind.FUNDING:
-            wanted.payment_ids.update(p["payment_id"] for p in payload["payments"])
-        elif kind == EventKind.FILL_BUST:
-            wanted.fill_ids.update(b["fill_id"] for b in payload["busts"])
-        elif kind == EventKind.ACCOUNT:
+        elif kind == _BALANCE:
+            wanted.balances = True
+        elif kind in (_FILL, _FILL_BUST):
+            for item in event.payload["fills" if kind == _FILL else "busts"]:
+                fill_ids.add(item["fill_id"])
+        elif kind == _ACCOUNT:
             wanted.margins = True
+        elif kind == _FUNDING:
+            for payment in event.payload["payments"]:
+                payment_ids.add(payment["payment_id"])
     return wanted

@@ -16,14 +16,15 @@ create, and the projector creates one per item. Two rows hold the same state whe
 from __future__ import annotations
 
 import dataclasses
-import operator
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
+
+import orjson
 
 TERMINAL_ORDER_STATUSES: frozenset[str] = frozenset(
     {"FILLED", "CANCELLED", "REJECTED", "EXPIRED", "CLOSED", "closed_unconfirmed"}
@@ -59,8 +60,7 @@ def same_state(a: Row | None, b: Row | None) -> bool:
     """True if both rows hold the same state (``event_id`` aside)."""
     if a is None or b is None:
         return a is b
-    state = _STATE[type(a)]
-    return type(a) is type(b) and state(a) == state(b)
+    return type(a) is type(b) and _SAME_STATE[type(a)](a, b)
 
 
 @dataclass(slots=True)
@@ -305,7 +305,7 @@ def _compile_decoder(row_type: type[R]) -> Callable[[Mapping[str, Any], str, str
     the projector decodes one row per item, and a generic loop over the fields costs three times as much.
     """
     hints = typing.get_type_hints(row_type)
-    lines = ["def decode(item, account, venue, event_id):", "    g = item.get"]
+    lines = ["def compiled(item, account, venue, event_id):", "    g = item.get"]
     arguments = []
     for name in columns(row_type):
         convert = _converter(hints[name])
@@ -318,18 +318,68 @@ def _compile_decoder(row_type: type[R]) -> Callable[[Mapping[str, Any], str, str
             lines.append(f"    {name} = None if v is None else {'D' if convert is Decimal else 'T'}(v)")
             arguments.append(name)
     lines.append(f"    return cls({', '.join(arguments)})")
-    namespace: dict[str, Any] = {"cls": row_type, "D": Decimal, "T": datetime.fromisoformat}
-    exec("\n".join(lines), namespace)  # noqa: S102 - the source is built from this module's field names only
-    decoder: Callable[[Mapping[str, Any], str, str, int], R] = namespace["decode"]
-    return decoder
+    return _compile("\n".join(lines), {"cls": row_type, "D": Decimal, "T": datetime.fromisoformat})  # type: ignore[no-any-return]
+
+
+def _compile(source: str, namespace: dict[str, Any]) -> Any:
+    exec(source, namespace)  # noqa: S102 - the sources are built from this module's field names only
+    return namespace["compiled"]
+
+
+def _text_value(name: str, hint: Any) -> str:
+    """The expression of a row's value as JSON data: decimals as their exact text (times go as they are)."""
+    return f"None if (x := r.{name}) is None else str(x)" if _converter(hint) is Decimal else f"r.{name}"
+
+
+def json_encoder(row_type: type[Row], first: str) -> Callable[[Row], bytes]:
+    """A function ``(row) -> bytes``: the canonical JSON (orjson, no whitespace) of ``[first, value, value, ...]``,
+    the row's values in column order, decimals as their exact text, times in ISO 8601, ``null`` for none.
+
+    Generated (like :func:`_compile_decoder`): replay writes every row it spills and digests this way, and orjson's
+    fallback for the decimals costs twice the whole line.
+    """
+    hints = typing.get_type_hints(row_type)
+    values = ", ".join([repr(first)] + [_text_value(name, hints[name]) for name in columns(row_type)])
+    return _compile(f"def compiled(r):\n    return dumps([{values}])", {"dumps": orjson.dumps})  # type: ignore[no-any-return]
+
+
+def positional_decoder(row_type: type[R], offset: int = 0) -> Callable[[Sequence[Any]], R]:
+    """A function ``(values) -> row``: ``values[offset:]`` are the row's columns in order, decimals and times as
+    text (the JSON data of :func:`json_encoder`, ``offset`` 1 to skip its first item). Generated, as
+    :func:`_compile_decoder` is."""
+    hints = typing.get_type_hints(row_type)
+    arguments = []
+    for index, name in enumerate(columns(row_type), start=offset):
+        convert = _converter(hints[name])
+        if convert is None:
+            arguments.append(f"v[{index}]")
+        else:
+            arguments.append(f"None if (x := v[{index}]) is None else {'D' if convert is Decimal else 'T'}(x)")
+    source = f"def compiled(v):\n    return cls({', '.join(arguments)})"
+    return _compile(source, {"cls": row_type, "D": Decimal, "T": datetime.fromisoformat})  # type: ignore[no-any-return]
 
 
 _DECODERS: dict[type[Row], Callable[[Mapping[str, Any], str, str, int], Any]] = {
     row_type: _compile_decoder(row_type) for row_type in ROW_TYPES
 }
-_STATE: dict[type[Row], Callable[[Any], tuple[Any, ...]]] = {
-    row_type: operator.attrgetter(*(c for c in columns(row_type) if c != "event_id")) for row_type in ROW_TYPES
-}
+
+
+def _compile_same_state(row_type: type[Row]) -> Callable[[Any, Any], bool]:
+    """``(a, b) -> bool``: the columns but ``event_id`` equal, ``updated_at`` first: the folds ask it of every
+    update, and an update almost always has a time of its own, so the answer is usually the first comparison."""
+    names = sorted((c for c in columns(row_type) if c != "event_id"), key=lambda c: c != "updated_at")
+    compared = " and ".join(f"a.{name} == b.{name}" for name in names)
+    return _compile(f"def compiled(a, b):\n    return {compared}", {})  # type: ignore[no-any-return]
+
+
+_SAME_STATE = {row_type: _compile_same_state(row_type) for row_type in ROW_TYPES}
+
+
+def decoder(row_type: type[R]) -> Callable[[Mapping[str, Any], str, str, int], R]:
+    """:func:`decode` for one row type, called positionally: ``decoder(T)(item, account, venue, event_id)`` (the
+    folds call it for every item they read)."""
+    found: Callable[[Mapping[str, Any], str, str, int], R] = _DECODERS[row_type]
+    return found
 
 
 def decode(row_type: type[R], item: Mapping[str, Any], *, account: str, venue: str, event_id: int) -> R:
