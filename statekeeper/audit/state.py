@@ -24,7 +24,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -49,6 +49,7 @@ HOT_ROWS = 20_000
 """Keys of each growing table kept in memory before the oldest half is spilled to disk."""
 
 R = TypeVar("R", bound=Row)
+T = TypeVar("T")
 
 SPILLED_TABLES = ("orders", "fills", "fill_busts", "funding_payments")
 # SQLite statements of the spill file, one set per growing table (the names are this module's constants).
@@ -60,7 +61,8 @@ _DELETE = {t: f"DELETE FROM {t} WHERE key = ?" for t in SPILLED_TABLES}  # noqa:
 _LOOKUP_CHUNK = 5_000
 
 
-_TO_LINE: dict[str, Any] = {row_type.table: rows.json_encoder(row_type, row_type.table) for row_type in rows.ROW_TYPES}
+_TO_LINE: dict[str, Callable[[Row], bytes]] = {t.table: rows.json_encoder(t, t.table) for t in rows.ROW_TYPES}
+"""Each table's :func:`row_line`."""
 _FROM_LINE: dict[type[Row], Any] = {row_type: rows.positional_decoder(row_type, 1) for row_type in rows.ROW_TYPES}
 """A row from the values of its :func:`row_line` (the table's name first)."""
 
@@ -69,8 +71,7 @@ def row_line(table: str, row: Row) -> bytes:
     """One row as the digest (and the JSON output) writes it: the canonical JSON (orjson, no whitespace) of
     ``[table, value, value, ...]`` in column order, decimals as their exact text, times in ISO 8601 as stored
     (UTC), ``null`` for none: :func:`value_text` of each value."""
-    line: bytes = _TO_LINE[table](row)
-    return line
+    return _TO_LINE[table](row)
 
 
 class SpillMap(Generic[R]):
@@ -324,9 +325,6 @@ class ReplayState:
             yield from (row_line(table, held[k]) for k in sorted(held))
         for spilled in (self.fills, self.busts, self.funding):
             yield from _flat(spilled.sorted_lines())
-
-
-T = TypeVar("T")
 
 
 def _merged(few: list[tuple[str, T]], groups: Iterable[tuple[str, list[T]]]) -> Iterator[T]:

@@ -298,6 +298,10 @@ def _converter(hint: Any) -> Callable[[Any], Any] | None:
     return None
 
 
+_CONVERSIONS = {"D": Decimal, "T": datetime.fromisoformat}
+"""The names the generated decoders convert text with."""
+
+
 def _compile_decoder(row_type: type[R]) -> Callable[[Mapping[str, Any], str, str, int], R]:
     """A function ``(item, account, venue, event_id) -> row`` for ``row_type``.
 
@@ -318,10 +322,13 @@ def _compile_decoder(row_type: type[R]) -> Callable[[Mapping[str, Any], str, str
             lines.append(f"    {name} = None if v is None else {'D' if convert is Decimal else 'T'}(v)")
             arguments.append(name)
     lines.append(f"    return cls({', '.join(arguments)})")
-    return _compile("\n".join(lines), {"cls": row_type, "D": Decimal, "T": datetime.fromisoformat})  # type: ignore[no-any-return]
+    source = "\n".join(lines)
+    decode: Callable[[Mapping[str, Any], str, str, int], R] = _compile(source, {"cls": row_type, **_CONVERSIONS})
+    return decode
 
 
 def _compile(source: str, namespace: dict[str, Any]) -> Any:
+    """The function ``compiled`` that ``source`` defines, its globals ``namespace``."""
     exec(source, namespace)  # noqa: S102 - the sources are built from this module's field names only
     return namespace["compiled"]
 
@@ -340,7 +347,9 @@ def json_encoder(row_type: type[Row], first: str) -> Callable[[Row], bytes]:
     """
     hints = typing.get_type_hints(row_type)
     values = ", ".join([repr(first)] + [_text_value(name, hints[name]) for name in columns(row_type)])
-    return _compile(f"def compiled(r):\n    return dumps([{values}])", {"dumps": orjson.dumps})  # type: ignore[no-any-return]
+    source = f"def compiled(r):\n    return dumps([{values}])"
+    encode: Callable[[Row], bytes] = _compile(source, {"dumps": orjson.dumps})
+    return encode
 
 
 def positional_decoder(row_type: type[R], offset: int = 0) -> Callable[[Sequence[Any]], R]:
@@ -356,7 +365,8 @@ def positional_decoder(row_type: type[R], offset: int = 0) -> Callable[[Sequence
         else:
             arguments.append(f"None if (x := v[{index}]) is None else {'D' if convert is Decimal else 'T'}(x)")
     source = f"def compiled(v):\n    return cls({', '.join(arguments)})"
-    return _compile(source, {"cls": row_type, "D": Decimal, "T": datetime.fromisoformat})  # type: ignore[no-any-return]
+    decode: Callable[[Sequence[Any]], R] = _compile(source, {"cls": row_type, **_CONVERSIONS})
+    return decode
 
 
 _DECODERS: dict[type[Row], Callable[[Mapping[str, Any], str, str, int], Any]] = {
@@ -369,7 +379,8 @@ def _compile_same_state(row_type: type[Row]) -> Callable[[Any, Any], bool]:
     update, and an update almost always has a time of its own, so the answer is usually the first comparison."""
     names = sorted((c for c in columns(row_type) if c != "event_id"), key=lambda c: c != "updated_at")
     compared = " and ".join(f"a.{name} == b.{name}" for name in names)
-    return _compile(f"def compiled(a, b):\n    return {compared}", {})  # type: ignore[no-any-return]
+    same: Callable[[Any, Any], bool] = _compile(f"def compiled(a, b):\n    return {compared}", {})
+    return same
 
 
 _SAME_STATE = {row_type: _compile_same_state(row_type) for row_type in ROW_TYPES}
