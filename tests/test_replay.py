@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from typer.testing import CliRunner
 
+from statekeeper.audit import parallel
 from statekeeper.audit.parallel import each_account
 from statekeeper.audit.reader import SERVER_SETTINGS, Bound
 from statekeeper.audit.render import JsonRenderer
@@ -380,6 +381,36 @@ async def test_accounts_replayed_in_worker_processes_give_the_same_output_and_di
     checks = await run_verify(database_url, jobs=2, parallel_from=0)
     assert [c.account for c in checks] == ["ext-audit", "ext-audit-2", "ext-audit-3"]
     assert [bool(c.differences) for c in checks] == [False, True, False]
+
+
+async def test_worker_processes_serve_one_account_after_another(
+    database_url: str, history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five accounts with ``--jobs 2``: two worker processes, each given accounts until none are left, and both
+    gone once the replay ends; the output is the one process's."""
+    events = history.events[:120]
+    accounts = [f"ext-many-{number}" for number in range(5)]
+    for account in accounts:
+        await append(database_url, [e.model_copy(update={"account": account}) for e in events])
+    started: list[parallel._Worker] = []
+    start = parallel._Worker.start
+
+    async def counted() -> parallel._Worker:
+        worker = await start()
+        started.append(worker)
+        return worker
+
+    monkeypatch.setattr(parallel._Worker, "start", counted)
+    outputs, runs = [], []
+    for jobs in (1, 2):
+        out = io.StringIO()
+        runs.append(await run_replay(database_url, JsonRenderer(out), accounts=accounts, jobs=jobs, parallel_from=0,
+                                     hot_rows=8))  # fmt: skip
+        outputs.append(out.getvalue())
+    assert runs[1].digests == runs[0].digests
+    assert outputs[1] == outputs[0]
+    assert len(started) == 2
+    assert [worker.process.returncode for worker in started] == [0, 0]
 
 
 async def test_a_failure_in_a_worker_process_is_the_replays_error(database_url: str, history: History) -> None:

@@ -1,17 +1,19 @@
 """Replay several accounts at once, one worker process per core.
 
 An account's events fold one after the other, on one core; accounts are independent. A replay of many accounts
-(and ``--verify``) hands each account to a worker process of its own: the worker opens its own connection, replays
-the account (its PostgreSQL backend builds the pages on another core) and returns the result, which the parent
-takes in account order, so the output and the digests are the same whatever the number of workers. A
-:class:`~statekeeper.audit.state.ReplayState` travels to the parent pickled, its spill file (if any) by name: the
-parent reads it and deletes it when it closes the state.
+(and ``--verify``) hands the accounts to up to ``jobs`` worker processes, one account at a time each: the worker
+replays the account on its own connection (its PostgreSQL backend builds the pages on another core) and returns
+the result, which the parent takes in account order, so the output and the digests are the same whatever the
+number of workers. A :class:`~statekeeper.audit.state.ReplayState` travels to the parent pickled, its spill file
+(if any) by name: the parent reads it and deletes it when it closes the state.
 
 A worker is a fresh interpreter (``python -c``, importing this module by its name: nothing of the parent's event
-loop, connections or main script), which costs about a second to start, so a replay goes parallel only when there
-is enough to read (``parallel_from`` events). It takes its task pickled on stdin and answers on its original
+loop, connections or main script), which costs about a quarter of a second to start, so a replay goes parallel
+only when there is enough to read (``parallel_from`` events), and a worker serves one account after another until
+there are no more. It takes each task as a frame on stdin (``t`` and the pickled work) and answers on its original
 stdout (its own ``print``\\ s and logs go to stderr) with frames: ``p`` and the events of each page folded (the
-parent's progress bar), then ``r`` and the pickled result, or ``e`` and the pickled exception.
+parent's progress bar), then ``r`` and the pickled result, or ``e`` and the pickled exception. It exits when its
+stdin closes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import asyncpg
 
@@ -60,7 +62,8 @@ def default_jobs() -> int:
 
 
 def serve() -> None:
-    """A worker process's main: one task from stdin, its frames to the original stdout."""
+    """A worker process's main: tasks from stdin, one after the other until it closes, each answered with its
+    frames on the original stdout."""
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray output must not corrupt the frames
 
@@ -68,14 +71,30 @@ def serve() -> None:
         answer.write(_HEADER.pack(tag, number) + body)
         answer.flush()
 
-    url, work, account = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by the parent process
-    try:
-        result = asyncio.run(_work_on(url, work, account, lambda events: send(b"p", events)))
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-        send(b"e", *_framed(_picklable(exc)))
-        raise SystemExit(1) from None
-    send(b"r", *_framed(result))
+    asyncio.run(_serve(sys.stdin.buffer, send))
     answer.close()
+
+
+async def _serve(tasks: BinaryIO, send: Callable[..., None]) -> None:
+    conn: asyncpg.Connection | None = None
+    try:
+        while header := tasks.read(_HEADER.size):  # nothing else runs in this process: a blocking read is fine
+            _, size = _HEADER.unpack(header)
+            url, work, account = pickle.loads(tasks.read(size))  # noqa: S301 - written by the parent process
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await connect(url, server_settings=SERVER_SETTINGS)
+                result = await work(conn, account, lambda events: send(b"p", events))
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
+                send(b"e", *_framed(_picklable(exc)))
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()  # in whatever state the failure left it: the next task connects again
+                conn = None
+                continue
+            send(b"r", *_framed(result))  # a spill file it names is the parent's now: the worker leaves it be
+    finally:
+        if conn is not None:
+            await conn.close()
 
 
 def _framed(value: object) -> tuple[int, bytes]:
@@ -91,52 +110,58 @@ def _picklable(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _work_on(url: str, work: AccountWork[T], account: str, progress: Progress) -> T:
-    conn = await connect(url, server_settings=SERVER_SETTINGS)
-    try:
-        return await work(conn, account, progress)
-    finally:
-        await conn.close()
-
-
 # ------------------------------------------------------------------------------------------ the parent
 
 
-async def _in_worker(url: str, work: AccountWork[T], account: str, progress: Progress | None) -> T:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))}
-    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SERVE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
-    ))  # fmt: skip
-    try:
-        process = await asyncio.shield(starting)
-    except asyncio.CancelledError:  # cancelled while it started: do not leave it running unseen
-        await _reap(await starting, stop=True)
-        raise
-    stdin, stdout = process.stdin, process.stdout
-    if stdin is None or stdout is None:  # pragma: no cover - both were asked for as pipes
-        raise WorkerFailed("the replay worker has no pipes")
-    answered = False
-    try:
-        stdin.write(pickle.dumps((url, work, account), protocol=pickle.HIGHEST_PROTOCOL))
-        await stdin.drain()
-        stdin.close()
-        while True:
-            tag, number = _HEADER.unpack(await stdout.readexactly(_HEADER.size))
-            if tag == b"p":
-                if progress is not None:
-                    progress(number)
-                continue
-            answer = pickle.loads(await stdout.readexactly(number))  # noqa: S301 - our own worker's
-            answered = True
-            if tag == b"e":
-                raise answer
-            result: T = answer
-            return result
-    except (asyncio.IncompleteReadError, ConnectionError):
-        raise WorkerFailed(f"the replay worker for account {account!r} ended without an answer "
-                           f"(exit status {await process.wait()}; its errors are above)") from None  # fmt: skip
-    finally:
-        await _reap(process, stop=not answered)
+class _Worker:
+    """One worker process, given accounts one at a time."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        if process.stdin is None or process.stdout is None:  # pragma: no cover - both were asked for as pipes
+            raise WorkerFailed("the replay worker has no pipes")
+        self._tasks, self._answers = process.stdin, process.stdout
+
+    @classmethod
+    async def start(cls) -> _Worker:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SOURCE_ROOT, os.environ.get("PYTHONPATH")]))}
+        starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            sys.executable, "-c", _SERVE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+        ))  # fmt: skip
+        try:
+            process = await asyncio.shield(starting)
+        except asyncio.CancelledError:  # cancelled while it started: do not leave it running unseen
+            await _reap(await starting, stop=True)
+            raise
+        return cls(process)
+
+    async def run(self, url: str, work: AccountWork[T], account: str, progress: Progress | None) -> T:
+        """``work`` for ``account`` in the worker; its exception (raised here) if it failed there."""
+        try:
+            task = pickle.dumps((url, work, account), protocol=pickle.HIGHEST_PROTOCOL)
+            self._tasks.write(_HEADER.pack(b"t", len(task)) + task)
+            await self._tasks.drain()
+            while True:
+                tag, number = _HEADER.unpack(await self._answers.readexactly(_HEADER.size))
+                if tag == b"p":
+                    if progress is not None:
+                        progress(number)
+                    continue
+                answer = pickle.loads(await self._answers.readexactly(number))  # noqa: S301 - our own worker's
+                if tag == b"e":
+                    raise answer
+                result: T = answer
+                return result
+        except (asyncio.IncompleteReadError, ConnectionError):
+            status = await self.process.wait()
+            raise WorkerFailed(f"the replay worker for account {account!r} ended without an answer "
+                               f"(exit status {status}; its errors are above)") from None  # fmt: skip
+
+    async def close(self, *, stop: bool) -> None:
+        """End the worker: at once if ``stop``, else once it has read that there are no more tasks."""
+        if not self._tasks.is_closing():
+            self._tasks.close()
+        await _reap(self.process, stop=stop)
 
 
 async def _reap(process: asyncio.subprocess.Process, *, stop: bool) -> None:
@@ -173,18 +198,30 @@ async def each_account(
     """``work`` done for each account, the results in the order of ``accounts``.
 
     On ``conn``, one after the other, when ``jobs`` is 1, there is one account, or fewer than ``parallel_from``
-    ``events`` to read; otherwise in up to ``jobs`` worker processes at once. A result the caller did not take (it
-    stopped early, or another account failed) is closed if it has a ``close`` method.
+    ``events`` to read; otherwise in up to ``jobs`` worker processes at once, each given one account after another
+    (a worker's start costs a quarter of a second: many small accounts do not pay it each). A result the caller did
+    not take (it stopped early, or another account failed) is closed if it has a ``close`` method.
     """
     if jobs <= 1 or len(accounts) <= 1 or events < parallel_from:
         for account in accounts:
             yield await work(conn, account, progress)
         return
     slots = asyncio.Semaphore(jobs)
+    idle: list[_Worker] = []  # at most ``jobs`` workers exist: one per slot
 
     async def one(account: str) -> T:
         async with slots:
-            return await _in_worker(url, work, account, progress)
+            worker = idle.pop() if idle else await _Worker.start()
+            done = False
+            try:
+                result = await worker.run(url, work, account, progress)
+                done = True
+                return result
+            finally:
+                if done:
+                    idle.append(worker)
+                else:  # failed or cancelled: whatever it was doing, it does not go on
+                    await worker.close(stop=True)
 
     tasks = [asyncio.create_task(one(account)) for account in accounts]
     taken = 0
@@ -200,3 +237,4 @@ async def each_account(
         for task in tasks[taken:]:
             if not task.cancelled() and task.exception() is None:
                 _close(task.result())
+        await asyncio.gather(*(worker.close(stop=False) for worker in idle))
