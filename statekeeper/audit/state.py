@@ -10,9 +10,9 @@ The tables that stay small (balances, account margins, open orders, positions, c
 account's assets, markets and working orders) live in memory. The tables that grow with the log (terminal orders,
 fills, fill busts, funding payments) live in memory up to ``hot_rows`` keys each; past that the least recently
 written half is spilled to a temporary SQLite file, and read back when a later page names one of its keys. A
-row is spilled as its digest line (:func:`row_line`: canonical JSON, decimals as their exact text) and decoded
-with :func:`statekeeper.projections.rows.decode`, so a row read back is equal to the row spilled, field for field,
-and the digest reads spilled rows as they are stored, without decoding them.
+row is spilled as its digest line (:func:`row_line`: canonical JSON, decimals as their exact text) and read back
+with :func:`statekeeper.projections.rows.positional_decoder`, so a row read back is equal to the row spilled, field
+for field, and the digest reads spilled rows as they are stored, without decoding them.
 
 At the end, each table's rows come out sorted by key, streamed (from SQLite once anything was spilled), for the
 output and ``--verify`` (:meth:`ReplayState.tables`), and as digest lines (:meth:`ReplayState.lines`).

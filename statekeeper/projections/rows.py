@@ -5,7 +5,7 @@ SQLAlchemy tables from them, so the two cannot drift apart). Every row carries `
 own ids and fields in snake_case, ``updated_at`` (the venue's time of the state the row holds) and ``event_id``
 (the log position that last changed the row).
 
-The folds (:mod:`.fold`) build rows from stored event payloads (:func:`decode`: the payload was validated
+The folds (:mod:`.fold`) build rows from stored event payloads (:func:`decoder`: the payload was validated
 against the event model when it was appended, so reading it back needs no second validation, only the decimal
 and time conversions); the SQL projector loads and writes them; replay compares them. Rows are treated as
 immutable values (a change makes a new row) but are not frozen: a frozen dataclass costs five times as much to
@@ -352,7 +352,7 @@ def json_encoder(row_type: type[Row], first: str) -> Callable[[Row], bytes]:
     return encode
 
 
-def positional_decoder(row_type: type[R], offset: int = 0) -> Callable[[Sequence[Any]], R]:
+def positional_decoder(row_type: type[R], offset: int) -> Callable[[Sequence[Any]], R]:
     """A function ``(values) -> row``: ``values[offset:]`` are the row's columns in order, decimals and times as
     text (the JSON data of :func:`json_encoder`, ``offset`` 1 to skip its first item). Generated, as
     :func:`_compile_decoder` is."""
@@ -387,16 +387,10 @@ _SAME_STATE = {row_type: _compile_same_state(row_type) for row_type in ROW_TYPES
 
 
 def decoder(row_type: type[R]) -> Callable[[Mapping[str, Any], str, str, int], R]:
-    """:func:`decode` for one row type, called positionally: ``decoder(T)(item, account, venue, event_id)`` (the
-    folds call it for every item they read)."""
-    found: Callable[[Mapping[str, Any], str, str, int], R] = _DECODERS[row_type]
-    return found
-
-
-def decode(row_type: type[R], item: Mapping[str, Any], *, account: str, venue: str, event_id: int) -> R:
-    """A row from one item of a stored payload (JSON: decimals and times as strings, absent fields None).
+    """The function ``(item, account, venue, event_id) -> row`` that makes a ``row_type`` row from one item of a
+    stored payload (JSON: decimals and times as strings, absent fields None). The folds call it for every item.
 
     Columns the item does not hold (``busted_at``, a derived ``updated_at``) are None: the fold sets them.
     """
-    row: R = _DECODERS[row_type](item, account, venue, event_id)
-    return row
+    found: Callable[[Mapping[str, Any], str, str, int], R] = _DECODERS[row_type]
+    return found
