@@ -406,6 +406,40 @@ async def test_faults_at_rates_are_deterministic() -> None:
     assert await sent(3) == await sent(3)
 
 
+async def test_a_calm_account_has_no_random_faults_until_released() -> None:
+    """What the demo does to its drifted account: no faults from the plan's rates while calm; injected ones still."""
+    plan = FaultPlan.parse("gap=0.5,rest_5xx=0.5")
+    config = SimulatorConfig(venue="extended", seed=5, rate=0, faults=plan, accounts=("acc-1",))
+    async with await Simulator.start(config) as sim, aiohttp.ClientSession() as http:
+        sim.calm("acc-1")
+        ws = await extended_stream(sim, "acc-1")  # a connection made while calm is calm
+        changes = await sim.step(40)
+        frames = sim.frames("acc-1")[-1]
+        expected = 3 + expected_frames(sim, "acc-1", changes)
+        async with asyncio.timeout(10):
+            while len(frames.sent) < expected:
+                await ws.recv()
+        headers = {"X-Api-Key": sim.credential("acc-1")}
+        for _ in range(20):
+            async with http.get(sim.rest_url + "/user/balance", headers=headers) as response:
+                assert response.status == 200
+        assert not frames.lost and sim.fault_counts[FaultKind.GAP] == sim.fault_counts[FaultKind.REST_5XX] == 0
+        sim.inject(FaultKind.REST_5XX, "acc-1")
+        async with http.get(sim.rest_url + "/user/balance", headers=headers) as response:
+            assert response.status == 503
+        sim.calm("acc-1", False)  # the open connection and REST have the plan's faults again
+        await sim.step(40)
+        async with asyncio.timeout(10):
+            while not frames.lost:
+                await ws.recv()
+        statuses = []
+        for _ in range(20):
+            async with http.get(sim.rest_url + "/user/balance", headers=headers) as response:
+                statuses.append(response.status)
+        assert 503 in statuses and 200 in statuses
+        await ws.close()
+
+
 async def test_server_pings_and_drops_a_silent_client() -> None:
     config = SimulatorConfig(venue="extended", rate=0, ping_interval=0.2)
     async with await Simulator.start(config) as sim, aiohttp.ClientSession() as http:

@@ -243,6 +243,12 @@ class Simulator:
         self.server.trigger(kind, account, count)
         return [f"{kind} on the next {count} for {account or 'every account'}"]
 
+    def calm(self, account: str, calm: bool = True) -> None:
+        """Keep the fault plan's random faults off the account (its streams and its REST requests) until called
+        again with ``calm=False``. Faults caused by :meth:`inject` still happen."""
+        self.server.set_calm(account, calm)
+        self._drift[account].calm = calm
+
     # --------------------------------------------------------------------------------------------- access
 
     @property

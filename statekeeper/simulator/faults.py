@@ -90,7 +90,8 @@ class FaultPlan:
 class FaultDice:
     """Draws faults for one stream connection or one account's REST requests, from its own seeded RNG.
 
-    Triggered faults (from :meth:`trigger`) come first, then the plan's rates. Every fault injected is counted.
+    Triggered faults (from :meth:`trigger`) come first, then the plan's rates, unless :attr:`calm` is set. Every fault
+    injected is counted.
     """
 
     def __init__(self, plan: FaultPlan, seed: str, counts: Counter[FaultKind], kinds: tuple[FaultKind, ...]) -> None:
@@ -99,6 +100,8 @@ class FaultDice:
         self.rng = random.Random(seed)
         self.pending: list[FaultKind] = []
         self.counts = counts
+        self.calm = False
+        """No faults from the plan's rates while set (triggered ones still come)."""
 
     def trigger(self, kind: FaultKind, count: int = 1) -> None:
         self.pending.extend([kind] * count)
@@ -106,6 +109,8 @@ class FaultDice:
     def draw(self) -> FaultKind | None:
         if self.pending:
             kind: FaultKind | None = self.pending.pop(0)
+        elif self.calm:
+            return None
         else:
             roll = self.rng.random()
             kind = None

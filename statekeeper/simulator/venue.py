@@ -53,6 +53,8 @@ class VenueServer:
         self.ping_interval = self.default_ping_interval if ping_interval is None else ping_interval
         self.record = record
         self.rest_faults = RestFaults(plan, seed, counts)
+        self.calm: set[str] = set()
+        """Accounts without the plan's random faults (see :meth:`set_calm`)."""
         self.connections: dict[str, list[StreamConnection]] = defaultdict(list)
         self.history: dict[str, list[SentFrames]] = defaultdict(list)
         self._numbers = 0
@@ -107,6 +109,7 @@ class VenueServer:
             numbering=numbering,
             record=self.record,
         )
+        connection.dice.calm = account in self.calm
         return socket, connection
 
     def register(self, connection: StreamConnection) -> None:
@@ -163,6 +166,16 @@ class VenueServer:
             with contextlib.suppress(Exception):
                 await connection.socket.close()
         return len(closing)
+
+    def set_calm(self, account: str, calm: bool) -> None:
+        """Stop (or restart) the plan's random faults on the account's streams, present and future, and its REST."""
+        if calm:
+            self.calm.add(account)
+        else:
+            self.calm.discard(account)
+        self.rest_faults.for_account(account).calm = calm
+        for connection in self.connections.get(account, []):
+            connection.dice.calm = calm
 
     def trigger(self, kind: FaultKind, account: str | None = None, count: int = 1) -> None:
         """Make the next ``count`` frames (or REST requests) of the account, or of every account, fail so."""
