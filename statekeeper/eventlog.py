@@ -29,6 +29,7 @@ Waking
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -153,6 +154,8 @@ class PostgresEventLog:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._appending: set[asyncpg.Connection] = set()
+        """Connections inside :meth:`appending`: they hold the append lock already."""
 
     @asynccontextmanager
     async def _connection(self, connection: asyncpg.Connection | None) -> AsyncIterator[asyncpg.Connection]:
@@ -186,8 +189,32 @@ class PostgresEventLog:
         async with self._connection(connection) as conn:
             if conn.is_in_transaction():  # a savepoint would cost two round trips, and the caller's commit decides
                 return await self._append_rows(conn, rows)
-            async with conn.transaction():
+            async with self.appending(conn):
                 return await self._append_rows(conn, rows)
+
+    @asynccontextmanager
+    async def appending(self, conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on ``conn`` that takes the append lock with its ``BEGIN``, in one round trip
+        (:data:`statements.BEGIN_APPENDING`), for a caller that appends and writes other rows in one transaction:
+        :meth:`append` inside it (``connection=conn``) does not take the lock again. Committed on exit, rolled back
+        on an error.
+
+        The lock serialises every appender until the commit, so keep the transaction to the writes. ``conn`` must not
+        be in a transaction already; no ``conn.transaction()`` may be opened inside this one (it was not begun by
+        asyncpg's own transaction manager).
+        """
+        await conn.execute(statements.BEGIN_APPENDING)
+        self._appending.add(conn)
+        try:
+            yield conn
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, *CONNECTION_ERRORS):
+                    await conn.execute("ROLLBACK")  # else the pool's reset rolls it back
+            raise
+        finally:
+            self._appending.discard(conn)
+        await conn.execute("COMMIT")
 
     async def _append_rows(self, conn: asyncpg.Connection, rows: list[EncodedEvent]) -> AppendResult:
         # Only the first event with a given key is sent; later ones in the batch compare with it.
@@ -196,12 +223,13 @@ class PostgresEventLog:
             first.setdefault((row.account, row.key), index)
         unique = list(first.values())
 
-        lock = await conn.fetchrow(statements.TAKE_APPEND_LOCK)
-        if lock["isolation"] != "read committed":
-            raise EventLogError(
-                f"appends need READ COMMITTED isolation, not {lock['isolation']}: under a longer-lived snapshot "
-                "the duplicate check could miss an event committed by another appender"
-            )
+        if conn not in self._appending:  # in a transaction of the caller's: lock, and check its isolation level
+            lock = await conn.fetchrow(statements.TAKE_APPEND_LOCK)
+            if lock["isolation"] != "read committed":
+                raise EventLogError(
+                    f"appends need READ COMMITTED isolation, not {lock['isolation']}: under a longer-lived snapshot "
+                    "the duplicate check could miss an event committed by another appender"
+                )
         accounts = sorted({row.account for row in rows})
         probe = await conn.fetch(
             statements.PROBE_KEYS, [rows[i].account for i in unique], [rows[i].key for i in unique], accounts

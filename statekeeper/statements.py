@@ -22,6 +22,11 @@ TAKE_APPEND_LOCK = """
 SELECT pg_advisory_xact_lock(21323, 1), current_setting('transaction_isolation') AS isolation
 """
 
+# 1'. Or, for an append's own transaction (statekeeper.eventlog.PostgresEventLog.appending), the lock with the
+#     transaction's BEGIN, in one round trip (a simple query: two statements, no parameters), the isolation level
+#     named rather than checked.
+BEGIN_APPENDING = "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(21323, 1)"
+
 # 2. In one statement: the current head; which of the batch's keys are already stored (one index probe per key:
 #    LATERAL with LIMIT keeps it a nested loop whatever the statistics say, never a scan of the log), rows with
 #    ``tip`` false; and the last link of each of the batch's accounts' hash chains (statekeeper.audit.chain), from

@@ -36,6 +36,7 @@ from statekeeper.events import (
     natural_key,
 )
 from tests.factories import T0, fill, fill_event, order_snapshot
+from tests.ingest_support import wait_until
 
 
 async def test_append_and_read_back(log: PostgresEventLog) -> None:
@@ -159,6 +160,34 @@ async def test_append_joins_the_callers_transaction(log: PostgresEventLog) -> No
         assert result.appended == 1
         await transaction.rollback()
     assert await log.head() == 0
+
+
+async def test_an_appending_transaction_holds_the_lock_from_its_begin(log: PostgresEventLog) -> None:
+    """``appending``: the lock with the BEGIN; appends in it take no other; commit on exit, roll back on error."""
+    async with log.pool.acquire() as conn:
+        async with log.appending(conn):
+            assert conn.is_in_transaction()
+            other = asyncio.create_task(log.append([fill_event("acc-2", "2")]))  # another appender waits for the lock
+            async with log.pool.acquire() as probe:
+                waiting = (
+                    "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND classid = 21323 AND NOT granted"
+                )
+                await wait_until(lambda: probe.fetchval(waiting), within=10, what="the other appender waiting")
+            assert not other.done()
+            result = await log.append([fill_event("acc-1", "1")], connection=conn)
+            assert result.appended == 1
+        assert not conn.is_in_transaction()
+        assert (await other).appended == 1
+
+        async def fail_inside() -> None:
+            async with log.appending(conn):
+                await log.append([fill_event("acc-1", "3")], connection=conn)
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await fail_inside()
+        assert not conn.is_in_transaction()
+    assert [(e.account, e.key) for e in await log.read(0)] == [("acc-1", "fill:1:TRADE"), ("acc-2", "fill:2:TRADE")]
 
 
 @pytest.mark.parametrize(
