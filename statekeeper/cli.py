@@ -487,14 +487,18 @@ def replay(
 
 
 @contextmanager
-def _progress() -> Iterator[Callable[[int], Callable[[int], None] | None]]:
-    """A progress bar on stderr for long replays (only on a terminal)."""
+def _progress() -> Iterator[Callable[[int], Callable[[int], None] | None] | None]:
+    """A progress bar on stderr for long replays (only on a terminal: elsewhere None, and nothing counts the events
+    for it)."""
     from rich.progress import Progress  # noqa: PLC0415
 
+    if not err.is_terminal:
+        yield None
+        return
     bar = Progress(console=err, transient=True)
 
     def start(total: int) -> Callable[[int], None] | None:
-        if not err.is_terminal or total < 50_000:
+        if total < 50_000:
             return None
         bar.start()
         task = bar.add_task("replaying", total=total)

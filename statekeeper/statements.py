@@ -233,8 +233,11 @@ WITH RECURSIVE found(account) AS (
 SELECT account FROM found WHERE account IS NOT NULL
 """
 
-# How many events a replay up to position $2 reads (for its progress bar): an index-only count per account.
-COUNT_UP_TO = "SELECT count(*) FROM events WHERE account = ANY($1::text[]) AND id <= $2"
+# How many events a replay up to position $2 reads (for its progress bar): an index-only count per account; up to
+# $3 at most (NULL: all of them), when only whether there are that many matters.
+COUNT_UP_TO = """
+SELECT count(*) FROM (SELECT FROM events WHERE account = ANY($1::text[]) AND id <= $2 LIMIT $3) AS up_to
+"""
 
 # The account's last log position (0: none), read with its projection by `replay --verify`.
 ACCOUNT_HEAD = "SELECT coalesce(max(id), 0) FROM events WHERE account = $1"

@@ -59,9 +59,25 @@ async def head(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval(statements.HEAD))
 
 
-async def count_up_to(conn: asyncpg.Connection, accounts: Sequence[str], position: int) -> int:
-    """How many events the accounts have up to ``position`` (the progress bar's total, control events included)."""
-    return int(await conn.fetchval(statements.COUNT_UP_TO, list(accounts), position))
+async def count_up_to(
+    conn: asyncpg.Connection, accounts: Sequence[str], position: int, *, at_most: int | None = None
+) -> int:
+    """How many events the accounts have up to ``position`` (the progress bar's total, control events included), or
+    ``at_most`` if they have more."""
+    return int(await conn.fetchval(statements.COUNT_UP_TO, list(accounts), position, at_most))
+
+
+async def _to_read(
+    conn: asyncpg.Connection,
+    accounts: Sequence[str],
+    position: int,
+    progress: Callable[[int], Progress | None] | None,
+    parallel_from: int,
+) -> tuple[int, Progress | None]:
+    """The events to read (for the choice of worker processes) and the progress callback. With no progress to show
+    they are counted only up to ``parallel_from``: on a long log the whole count is a noticeable wait."""
+    total = await count_up_to(conn, accounts, position, at_most=None if progress is not None else parallel_from)
+    return total, progress(total) if progress is not None else None
 
 
 async def replay_account(
@@ -307,8 +323,7 @@ async def run_replay(
         chosen = await _chosen(conn, accounts)
         top = await head(conn)
         bound = Bound(top if position is None else min(position, top), at, clock)
-        total = await count_up_to(conn, chosen, bound.position)
-        advance = progress(total) if progress is not None else None
+        total, advance = await _to_read(conn, chosen, bound.position, progress, parallel_from)
         renderer.begin(basis_of(bound))
         digests: dict[str, str] = {}
         events = 0
@@ -378,8 +393,7 @@ async def run_verify(
     conn = await connect(url, server_settings=SERVER_SETTINGS)
     try:
         chosen = await _chosen(conn, accounts)
-        total = await count_up_to(conn, chosen, await head(conn))
-        advance = progress(total) if progress is not None else None
+        total, advance = await _to_read(conn, chosen, await head(conn), progress, parallel_from)
         work = _CheckOne(page_size, hot_rows)
         return [check async for check in each_account(url, conn, chosen, work, jobs=jobs, events=total,
                                                       progress=advance, parallel_from=parallel_from)]  # fmt: skip
