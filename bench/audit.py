@@ -10,11 +10,13 @@ accounts interleaved batch by batch; then vacuumed and analyzed.
 Timed, each in a fresh process (so that its peak resident memory, ``VmHWM``, is the replay's own):
 
 * ``replay``: :func:`statekeeper.audit.replay.run_replay` of both accounts up to the position of the 100,000th
-  event, then up to the last (the 1,000,000th), rows and digest computed, every row streamed to a renderer that
-  discards it, with ``--jobs`` one per core (each account in a worker process, as ``statekeeper replay`` does by
-  default; forced for the 100,000 too, so that both runs have the same processes): the headline, events folded
-  per second, and the peak memory of each: this process's own plus, for each worker, the largest worker's peak
-  (``ru_maxrss`` of the children), as if all peaked at once;
+  event, then up to the last (the 1,000,000th), rows and digest computed (every row's digest line read), to a
+  renderer that writes nothing, with ``--jobs`` one per core (each account in a worker process, as ``statekeeper
+  replay`` does by default; forced for the 100,000 too, so that both runs have the same processes): the headline,
+  events folded per second, and the peak memory of each: this process's own plus, for each worker, the largest
+  worker's peak (``ru_maxrss`` of the children), as if all peaked at once;
+* ``json``: the same replay of 1,000,000 written as ``statekeeper replay --format json`` writes it, to
+  ``/dev/null``: what an audit's output costs on top, digest checked equal.
 
 Baselines in the same run: (o) the same replay of 1,000,000 in one process (``--jobs 1``), digest checked equal;
 (a) the read alone: :func:`statekeeper.audit.reader.pages` over the whole log, events
@@ -31,6 +33,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -38,12 +41,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import cluster, record
+from bench.common import Discard, cluster, record
 from bench.projector import Venue, chunks, events_of, frames_of
 from statekeeper.audit.parallel import default_jobs
 from statekeeper.audit.reader import SERVER_SETTINGS, Bound, pages
+from statekeeper.audit.render import JsonRenderer, Renderer
 from statekeeper.audit.replay import run_replay
-from statekeeper.audit.state import ReplayState
 from statekeeper.database import connect, create_pool
 from statekeeper.eventlog import PostgresEventLog
 from statekeeper.projections.fold import AccountState, FoldEvent, fold
@@ -52,21 +55,6 @@ TARGET_EVENTS_PER_S = 100_000
 TARGET_MEMORY_RATIO = 1.5
 ACCOUNTS: tuple[tuple[Venue, str, int], ...] = (("extended", "ext-1", 1), ("paradex", "pdx-1", 1))
 APPEND_BATCH = 1_000
-
-
-class Discard:
-    """A renderer that writes nothing (the replay still streams every row, for the digest)."""
-
-    def begin(self, basis: dict[str, Any]) -> None:
-        pass
-
-    def account(self, state: ReplayState, digest: str) -> None:
-        for _table, rows in state.tables():
-            for _ in rows:
-                pass
-
-    def end(self, digest: str) -> None:
-        pass
 
 
 async def build_log(url: str, total: int) -> dict[str, Any]:
@@ -95,9 +83,9 @@ async def build_log(url: str, total: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------- child processes
 
 
-async def child_replay(url: str, position: int, jobs: int) -> dict[str, Any]:
+async def child_replay(url: str, position: int, jobs: int, renderer: Renderer | None = None) -> dict[str, Any]:
     start = time.perf_counter()
-    run = await run_replay(url, Discard(), position=position, jobs=jobs, parallel_from=0)
+    run = await run_replay(url, renderer or Discard(), position=position, jobs=jobs, parallel_from=0)
     seconds = time.perf_counter() - start
     workers = min(jobs, len(run.digests)) if jobs > 1 else 0
     # Each worker's own peak is at most the largest's (ru_maxrss of the waited-for children): counted that many
@@ -105,6 +93,11 @@ async def child_replay(url: str, position: int, jobs: int) -> dict[str, Any]:
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers else 0.0
     return {"events": run.events, "seconds": seconds, "jobs": jobs, "workers": workers,
             "peak_mb": round(peak_mb() + workers * worker_mb, 1), "digest": run.digest}  # fmt: skip
+
+
+async def child_json(url: str, position: int, jobs: int) -> dict[str, Any]:
+    with open(os.devnull, "w", encoding="utf-8") as out:  # noqa: ASYNC230 - /dev/null does not block
+        return await child_replay(url, position, jobs, JsonRenderer(out))
 
 
 def peak_mb() -> float:
@@ -166,7 +159,13 @@ async def child_fold(url: str, position: int, _jobs: int) -> dict[str, Any]:
     return {"events": sum(len(e) for e in loaded.values()), "seconds": seconds}
 
 
-CHILDREN = {"replay": child_replay, "read": child_read, "generic": child_generic, "fold": child_fold}
+CHILDREN = {
+    "replay": child_replay,
+    "json": child_json,
+    "read": child_read,
+    "generic": child_generic,
+    "fold": child_fold,
+}
 
 
 def in_child(what: str, url: str, argument: int, jobs: int = 1) -> dict[str, Any]:
@@ -205,6 +204,7 @@ async def main(quick: bool, write: bool) -> None:
         small_run = in_child("replay", url, at_small, jobs)
         full_run = in_child("replay", url, at_total, jobs)
         serial = in_child("replay", url, at_total, 1)
+        as_json = in_child("json", url, at_total, jobs)
         read = in_child("read", url, at_total)
         generic = in_child("generic", url, min(total, 200_000))
         pure = in_child("fold", url, at_small)
@@ -215,8 +215,10 @@ async def main(quick: bool, write: bool) -> None:
           f"peak memory {full_run['peak_mb']} MB ({ratio:.2f}x)")  # fmt: skip
     print(f"baseline replay in one process (--jobs 1), {serial['events']:,} events: {serial['events_per_s']:>9,} "
           f"events/s, peak memory {serial['peak_mb']} MB")  # fmt: skip
-    if serial["digest"] != full_run["digest"]:
-        raise SystemExit("the replay in one process and in workers gave different digests")
+    print(f"replay --format json to /dev/null, {as_json['events']:,} events, --jobs {jobs}: "
+          f"{as_json['events_per_s']:>9,} events/s")  # fmt: skip
+    if not serial["digest"] == as_json["digest"] == full_run["digest"]:
+        raise SystemExit("the replays in one process, in workers and to JSON gave different digests")
     print(f"baseline read + decode (replay's reader): {read['events_per_s']:>9,} events/s")
     print(f"baseline generic reader (PostgresEventLog.read + FoldEvent.of): {generic['events_per_s']:>9,} events/s")
     print(f"baseline pure folds in memory: {pure['events_per_s']:>9,} events/s")
@@ -233,6 +235,7 @@ async def main(quick: bool, write: bool) -> None:
             "replay_small": small_run,
             "replay_full": full_run,
             "replay_full_one_process": serial,
+            "replay_full_json": as_json,
             "memory_ratio": round(ratio, 2),
             "read_events_per_s": read["events_per_s"],
             "generic_reader_events_per_s": generic["events_per_s"],

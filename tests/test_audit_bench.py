@@ -23,6 +23,7 @@ def test_replay_benchmark_runs_in_its_quick_form() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # the replay at a tenth of the log and at all of it in worker processes, and all of it in one process
     assert result.stdout.count("events/s, peak memory") == 3
+    assert "replay --format json to /dev/null" in result.stdout  # the replay with its output made in the workers
     for baseline in ("replay in one process", "read + decode", "generic reader", "pure folds in memory"):
         assert f"baseline {baseline}" in result.stdout
     assert "peak memory" in result.stdout

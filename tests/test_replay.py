@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import io
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,10 +24,11 @@ from hypothesis import given, settings
 from typer.testing import CliRunner
 
 from statekeeper.audit import parallel
+from statekeeper.audit.output import SHOWN, CsvForm, JsonForm, TableForm
 from statekeeper.audit.parallel import each_account
 from statekeeper.audit.reader import SERVER_SETTINGS, Bound
 from statekeeper.audit.render import JsonRenderer
-from statekeeper.audit.replay import account_digest, replayed, run_replay, run_verify
+from statekeeper.audit.replay import Digesting, account_digest, replayed, run_replay, run_verify
 from statekeeper.audit.state import ReplayState, row_line, value_text
 from statekeeper.cli import app
 from statekeeper.database import connect, create_pool
@@ -239,6 +241,76 @@ def test_a_digest_line_is_the_canonical_json_of_the_rows_values() -> None:
         assert row_line("balances", row).startswith(b'["balances","acc","extended","USD","1E+3","-0.000100",null,')
 
 
+def _reference(state: ReplayState) -> tuple[dict[str, list[dict[str, object]]], list[list[str]]]:
+    """What the JSON and CSV outputs hold of ``state``, from its rows (not from their digest lines): every table,
+    each row's values as :func:`value_text` gives them (CSV: as text, empty for none)."""
+    as_json: dict[str, list[dict[str, object]]] = {}
+    as_csv: list[list[str]] = []
+    for table, table_rows in state.tables():
+        as_json[table] = []
+        for row in table_rows:
+            columns = rows.columns(type(row))
+            values = [value_text(getattr(row, c)) for c in columns]
+            as_json[table].append(dict(zip(columns, values, strict=True)))
+            if len(as_json[table]) == 1:
+                as_csv.append(["table", *columns])
+            as_csv.append([table, *("" if v is None else str(v) for v in values)])
+        if as_json[table]:
+            as_csv.append([])
+    return as_json, as_csv
+
+
+@settings(max_examples=40)
+@given(account_events(max_steps=40))
+def test_every_output_format_made_from_digest_lines_holds_the_rows_themselves(events: list[Event]) -> None:
+    """The outputs are made from the rows' digest lines (spilled rows as stored, where the account was replayed):
+    the JSON and CSV hold every row's values as the rows give them, the table format's figures are the rows' own,
+    and reading the lines for an output digests them too, also when the output reads only part of them."""
+    state = ReplayState("acc", hot_rows=2)
+    try:
+        stored = fold_events(events)
+        for start in range(0, len(stored), 3):
+            state.apply(stored[start : start + 3])
+        digest = account_digest(state)
+        as_json, as_csv = _reference(state)
+        for form in (JsonForm(), CsvForm()):
+            tables = Digesting(state)
+            spooled = form(tables)
+            try:
+                text = spooled.path.read_text(encoding="utf-8")
+            finally:
+                spooled.close()
+            assert not spooled.path.exists()
+            assert tables.digest() == digest
+            if isinstance(form, JsonForm):
+                assert orjson.loads(text) == as_json
+            else:
+                assert list(csv.reader(io.StringIO(text, newline=""))) == as_csv
+
+        tables = Digesting(state)
+        summary = TableForm()(tables)
+        assert tables.digest() == digest
+        every = {table: list(table_rows) for table, table_rows in state.tables()}
+        for table, cells in summary.shown.items():
+            assert cells == [tuple("" if row[c] is None else str(row[c]) for c in SHOWN[table])
+                             for row in as_json[table]]  # fmt: skip
+        fills = [r for r in every["fills"] if isinstance(r, rows.FillRow)]
+        assert (summary.fills, summary.busted) == (len(fills), sum(r.busted_at is not None for r in fills))
+        assert sum(summary.fees.values()) == sum(r.fee for r in fills)
+        payments = [r for r in every["funding_payments"] if isinstance(r, rows.FundingRow)]
+        assert summary.payments == len(payments)
+        assert sum(summary.paid.values()) == sum(r.amount for r in payments)
+
+        partial = Digesting(state)  # a form that stops early: the first row of a table, and not every table
+        for number, (_, lines) in enumerate(partial):
+            next(lines, None)
+            if number == 4:
+                break
+        assert partial.digest() == digest
+    finally:
+        state.close()
+
+
 # ----------------------------------------------------------------------------------------------- verify
 
 
@@ -348,8 +420,10 @@ def recorder(seen: list[int]) -> Callable[[int], Callable[[int], None]]:
 
 
 async def test_accounts_replayed_in_worker_processes_give_the_same_output_and_digests(
-    database_url: str, history: History
+    database_url: str, history: History, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the workers' spill and output files
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this process's
     events = history.events[:300]
     await append(database_url, events)
     for other in ("ext-audit-2", "ext-audit-3"):
@@ -367,6 +441,7 @@ async def test_accounts_replayed_in_worker_processes_give_the_same_output_and_di
     assert list(parallel.digests) == ["ext-audit", "ext-audit-2", "ext-audit-3"]
     assert parallel.digest == serial.digest
     assert outputs[1] == outputs[0]
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []  # spill and output files are gone
     assert parallel.events == serial.events == 3 * sum(1 for e in events if e.kind in PROJECTED_KINDS)
     # progress: the total to read first, then every page's events, from the workers too
     for seen in pages:

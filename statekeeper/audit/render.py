@@ -8,13 +8,14 @@ soon as it is replayed, row by row, so the output never needs the whole state in
   ``summary`` section: one line per account (basis, events, position, digest) and one for all of them.
 * table: per account, the balances, account figures, open orders and positions in full; fills and funding
   payments as counts and totals (every row is in the JSON and CSV forms); the digest.
+
+Each account's output is made where the account was replayed, by the renderer's form (:mod:`.output`); a
+renderer writes them in account order.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any, Protocol, TextIO
 
 import orjson
@@ -22,15 +23,26 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from statekeeper.audit.state import ReplayState, value_text
-from statekeeper.projections import rows
-from statekeeper.projections.rows import Row
+from statekeeper.audit.output import (
+    SHOWN,
+    AccountForm,
+    CsvForm,
+    JsonForm,
+    Rendered,
+    Spooled,
+    Summary,
+    TableForm,
+    output_of,
+)
 
 
 class Renderer(Protocol):
+    @property
+    def form(self) -> AccountForm: ...
+
     def begin(self, basis: dict[str, Any]) -> None: ...
 
-    def account(self, state: ReplayState, digest: str) -> None: ...
+    def account(self, done: Rendered) -> None: ...
 
     def end(self, digest: str) -> None: ...
 
@@ -45,6 +57,8 @@ def basis_text(basis: dict[str, Any]) -> str:
 
 
 class JsonRenderer:
+    form = JsonForm()
+
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self._first = True
@@ -52,23 +66,15 @@ class JsonRenderer:
     def begin(self, basis: dict[str, Any]) -> None:
         self.out.write('{"replay":' + orjson.dumps(basis).decode() + ',"accounts":[')
 
-    def account(self, state: ReplayState, digest: str) -> None:
-        head = {"account": state.account, "events": state.events, "position": state.position, "digest": digest}
-        self.out.write(("" if self._first else ",") + orjson.dumps(head).decode()[:-1] + ',"tables":{')
+    def account(self, done: Rendered) -> None:
+        head = {"account": done.account, "events": done.events, "position": done.position, "digest": done.digest}
+        self.out.write(("" if self._first else ",") + orjson.dumps(head).decode()[:-1] + ',"tables":')
         self._first = False
-        for index, (table, table_rows) in enumerate(state.tables()):
-            self.out.write(("," if index else "") + orjson.dumps(table).decode() + ":[")
-            for number, row in enumerate(table_rows):
-                self.out.write(("," if number else "") + orjson.dumps(_as_dict(row)).decode())
-            self.out.write("]")
-        self.out.write("}}")
+        output_of(done, Spooled).copy_to(self.out)
+        self.out.write("}")
 
     def end(self, digest: str) -> None:
         self.out.write('],"digest":' + orjson.dumps(digest).decode() + "}\n")
-
-
-def _as_dict(row: Row) -> dict[str, Any]:
-    return {c: value_text(getattr(row, c)) for c in rows.columns(type(row))}
 
 
 # ------------------------------------------------------------------------------------------------------ csv
@@ -76,8 +82,10 @@ def _as_dict(row: Row) -> dict[str, Any]:
 
 class CsvRenderer:
     SUMMARY = ("table", "account", "basis", "events", "position", "digest")
+    form = CsvForm()
 
     def __init__(self, out: TextIO) -> None:
+        self.out = out
         self.writer = csv.writer(out, lineterminator="\n")
         self.summary: list[tuple[str, ...]] = []
         self.basis = ""
@@ -85,18 +93,9 @@ class CsvRenderer:
     def begin(self, basis: dict[str, Any]) -> None:
         self.basis = basis_text(basis)
 
-    def account(self, state: ReplayState, digest: str) -> None:
-        for table, table_rows in state.tables():
-            header_written = False
-            for row in table_rows:
-                columns = rows.columns(type(row))
-                if not header_written:
-                    self.writer.writerow(("table", *columns))
-                    header_written = True
-                self.writer.writerow((table, *(_cell(getattr(row, c)) for c in columns)))
-            if header_written:
-                self.writer.writerow(())
-        self.summary.append(("summary", state.account, self.basis, str(state.events), str(state.position), digest))
+    def account(self, done: Rendered) -> None:
+        output_of(done, Spooled).copy_to(self.out)
+        self.summary.append(("summary", done.account, self.basis, str(done.events), str(done.position), done.digest))
 
     def end(self, digest: str) -> None:
         self.writer.writerow(self.SUMMARY)
@@ -104,33 +103,12 @@ class CsvRenderer:
         self.writer.writerow(("summary", "*", self.basis, "", "", digest))
 
 
-def _cell(value: object) -> str:
-    shown = value_text(value)
-    return "" if shown is None else str(shown)
-
-
 # ---------------------------------------------------------------------------------------------------- table
-
-_SHOWN: dict[str, tuple[str, ...]] = {
-    "balances": ("asset", "balance", "equity", "available_for_trade", "unrealised_pnl", "updated_at", "event_id"),
-    "account_margins": ("equity", "free_collateral", "initial_margin", "maintenance_margin", "updated_at", "event_id"),
-    "open_orders": (
-        "order_id",
-        "market",
-        "side",
-        "order_type",
-        "status",
-        "price",
-        "qty",
-        "filled_qty",
-        "updated_at",
-        "event_id",
-    ),
-    "positions": ("market", "side", "size", "entry_price", "mark_price", "unrealised_pnl", "updated_at", "event_id"),
-}
 
 
 class TableRenderer:
+    form = TableForm()
+
     def __init__(self, console: Console) -> None:
         self.console = console
         self.basis = ""
@@ -139,42 +117,29 @@ class TableRenderer:
         self.basis = basis_text(basis)
         self.console.print(f"replay {escape(self.basis)}", highlight=False)
 
-    def account(self, state: ReplayState, digest: str) -> None:
+    def account(self, done: Rendered) -> None:
+        summary = output_of(done, Summary)
         self.console.print(
-            f"\n[bold]{escape(state.account)}[/]: {state.events} events folded, last at log position {state.position}",
+            f"\n[bold]{escape(done.account)}[/]: {done.events} events folded, last at log position {done.position}",
             highlight=False,
         )
-        fills = funding = busted = 0
-        fees: dict[str, Decimal] = {}
-        paid: dict[str, Decimal] = {}
-        for table, table_rows in state.tables():
-            if table in _SHOWN:
-                self._table(table, table_rows)
-            elif table == "fills":
-                for fill in table_rows:
-                    assert isinstance(fill, rows.FillRow)
-                    fills += 1
-                    busted += fill.busted_at is not None
-                    asset = fill.fee_asset or "-"
-                    fees[asset] = fees.get(asset, Decimal(0)) + fill.fee
-            elif table == "funding_payments":
-                for payment in table_rows:
-                    assert isinstance(payment, rows.FundingRow)
-                    funding += 1
-                    paid[payment.market] = paid.get(payment.market, Decimal(0)) + payment.amount
-        fee_text = ", ".join(f"{v} {k}" for k, v in sorted(fees.items())) or "none"
-        paid_text = ", ".join(f"{k} {v}" for k, v in sorted(paid.items())) or "none"
-        self.console.print(f"fills: {fills} ({busted} busted), fees {escape(fee_text)}", highlight=False)
-        self.console.print(f"funding payments: {funding}, amount by market: {escape(paid_text)}", highlight=False)
-        self.console.print(f"digest: {digest}", highlight=False)
+        for table, cells in summary.shown.items():
+            self._table(table, cells)
+        fee_text = ", ".join(f"{v} {k}" for k, v in sorted(summary.fees.items())) or "none"
+        paid_text = ", ".join(f"{k} {v}" for k, v in sorted(summary.paid.items())) or "none"
+        self.console.print(f"fills: {summary.fills} ({summary.busted} busted), fees {escape(fee_text)}",
+                           highlight=False)  # fmt: skip
+        self.console.print(f"funding payments: {summary.payments}, amount by market: {escape(paid_text)}",
+                           highlight=False)  # fmt: skip
+        self.console.print(f"digest: {done.digest}", highlight=False)
 
-    def _table(self, table: str, table_rows: Iterator[Row]) -> None:
-        columns = _SHOWN[table]
+    def _table(self, table: str, cells: list[tuple[str, ...]]) -> None:
+        columns = SHOWN[table]
         shown = Table(title=table, title_justify="left")
         for column in columns:
             shown.add_column(column, justify="right" if column not in ("asset", "market", "side", "status") else "left")
-        for row in table_rows:
-            shown.add_row(*(escape(_cell(getattr(row, c))) for c in columns))
+        for row in cells:
+            shown.add_row(*(escape(cell) for cell in row))
         if shown.row_count:
             self.console.print(shown)
         else:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from statekeeper import statements
+from statekeeper.audit.output import AccountForm, Rendered, close_output
 from statekeeper.audit.parallel import PARALLEL_FROM, each_account
 from statekeeper.audit.reader import PAGE_SIZE, SERVER_SETTINGS, Bound, TimeBasis, pages
 from statekeeper.audit.state import HOT_ROWS, ReplayState, value_text
@@ -147,13 +148,47 @@ def cycle_collection_paused() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------- digest
 
 
+class Digesting:
+    """An account's tables as digest lines (:meth:`ReplayState.table_lines`), hashed as they are read: a
+    renderer's form reads them once for its output and the digest both. :meth:`digest` reads (and hashes) whatever
+    was left unread."""
+
+    def __init__(self, state: ReplayState) -> None:
+        self._hash = hashlib.sha256(DIGEST_DOMAIN)
+        self._tables = state.table_lines()
+        self._open: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, Iterator[bytes]]]:
+        for table, lines in self._tables:
+            self._open = self._hashed(lines)
+            yield table, self._open
+            self._drain()
+
+    def _hashed(self, lines: Iterator[bytes]) -> Iterator[bytes]:
+        update = self._hash.update
+        for line in lines:
+            update(line)
+            update(b"\n")
+            yield line
+
+    def _drain(self) -> None:
+        if self._open is not None:
+            for _ in self._open:
+                pass
+            self._open = None
+
+    def digest(self) -> str:
+        """The digest of every table, each sorted by key."""
+        self._drain()
+        for _, lines in self._tables:
+            for _ in self._hashed(lines):
+                pass
+        return self._hash.hexdigest()
+
+
 def account_digest(state: ReplayState) -> str:
     """The digest of one account's replayed tables (every table, each sorted by key: :meth:`ReplayState.lines`)."""
-    digest = hashlib.sha256(DIGEST_DOMAIN)
-    for line in state.lines():
-        digest.update(line)
-        digest.update(b"\n")
-    return digest.hexdigest()
+    return Digesting(state).digest()
 
 
 def combined_digest(digests: dict[str, str]) -> str:
@@ -271,31 +306,25 @@ async def _chosen(conn: asyncpg.Connection, accounts: Sequence[str] | None) -> l
 
 @dataclass(frozen=True, slots=True)
 class _ReplayOne:
-    """Replay one account and digest it (picklable: it runs in a worker process too)."""
+    """Replay one account, digest it and make the renderer's output of it (picklable: it runs in a worker process
+    too)."""
 
     bound: Bound
     page_size: int
     hot_rows: int
+    form: AccountForm
 
-    async def __call__(self, conn: asyncpg.Connection, account: str, progress: Progress | None) -> Replayed:
-        state = await replay_account(conn, account, self.bound, page_size=self.page_size, hot_rows=self.hot_rows,
-                                     progress=progress)  # fmt: skip
-        try:
-            return Replayed(state, account_digest(state))
-        except BaseException:
-            state.close()
-            raise
-
-
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    """One account replayed (in this process or a worker's): its state and digest. Close it when done."""
-
-    state: ReplayState
-    digest: str
-
-    def close(self) -> None:
-        self.state.close()
+    async def __call__(self, conn: asyncpg.Connection, account: str, progress: Progress | None) -> Rendered:
+        async with replayed(conn, account, self.bound, page_size=self.page_size, hot_rows=self.hot_rows,
+                            progress=progress) as state:  # fmt: skip
+            tables = Digesting(state)
+            output = self.form(tables)
+            try:
+                digest = tables.digest()
+            except BaseException:
+                close_output(output)
+                raise
+            return Rendered(account, state.events, state.position, digest, output)
 
 
 async def run_replay(
@@ -327,13 +356,13 @@ async def run_replay(
         renderer.begin(basis_of(bound))
         digests: dict[str, str] = {}
         events = 0
-        work = _ReplayOne(bound, page_size, hot_rows)
+        work = _ReplayOne(bound, page_size, hot_rows, renderer.form)
         async for done in each_account(url, conn, chosen, work, jobs=jobs, events=total, progress=advance,
                                        parallel_from=parallel_from):  # fmt: skip
             try:
-                digests[done.state.account] = done.digest
-                renderer.account(done.state, done.digest)
-                events += done.state.events
+                digests[done.account] = done.digest
+                renderer.account(done)
+                events += done.events
             finally:
                 done.close()
         digest = combined_digest(digests)

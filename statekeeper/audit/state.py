@@ -313,18 +313,25 @@ class ReplayState:
         working = [(k, self.open_orders[k]) for k in sorted(self.open_orders)]
         return _merged(working, self.orders.sorted_groups())
 
-    def lines(self) -> Iterator[bytes]:
-        """The digest lines (:func:`row_line`) of every row of :meth:`tables`, in the same order; spilled rows are
-        read as stored."""
-        for table, small in (("balances", self.balances), ("account_margins", {(): self.margins})):
-            yield from (row_line(table, row) for _, row in sorted(small.items()) if row is not None)
+    def table_lines(self) -> Iterator[tuple[str, Iterator[bytes]]]:
+        """Every table (in :data:`statekeeper.projections.rows.ROW_TYPES` order) and the digest lines
+        (:func:`row_line`) of its rows, sorted by key: :meth:`tables` as the digest and the JSON and CSV output read
+        it, spilled rows as stored (not decoded)."""
+        yield "balances", _row_lines("balances", self.balances)
+        yield "account_margins", _row_lines("account_margins", {} if self.margins is None else {(): self.margins})
         working = [(k, row_line("orders", self.open_orders[k])) for k in sorted(self.open_orders)]
-        yield from _merged(working, self.orders.sorted_lines())
-        for table, held in (("open_orders", self.open_orders), ("positions", self.positions),
-                            ("closed_positions", self.closed_positions)):  # fmt: skip
-            yield from (row_line(table, held[k]) for k in sorted(held))
+        yield "orders", _merged(working, self.orders.sorted_lines())
+        yield "open_orders", _row_lines("open_orders", self.open_orders)
+        yield "positions", _row_lines("positions", self.positions)
+        yield "closed_positions", _row_lines("closed_positions", self.closed_positions)
         for spilled in (self.fills, self.busts, self.funding):
-            yield from _flat(spilled.sorted_lines())
+            yield spilled.table, _flat(spilled.sorted_lines())
+
+    def lines(self) -> Iterator[bytes]:
+        """The digest lines of every row of :meth:`tables`, in the same order (:meth:`table_lines`, one after the
+        other)."""
+        for _, lines in self.table_lines():
+            yield from lines
 
 
 def _merged(few: list[tuple[str, T]], groups: Iterable[tuple[str, list[T]]]) -> Iterator[T]:
@@ -338,6 +345,11 @@ def _merged(few: list[tuple[str, T]], groups: Iterable[tuple[str, list[T]]]) -> 
         yield from group
     for _, item in few[at:]:
         yield item
+
+
+def _row_lines(table: str, held: dict[Any, R]) -> Iterator[bytes]:
+    for key in sorted(held):
+        yield row_line(table, held[key])
 
 
 def _flat(groups: Iterable[tuple[str, list[bytes]]]) -> Iterator[bytes]:
