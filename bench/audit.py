@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Discard, cluster, record
+from bench.common import cluster, record
+from bench.discard import Discard
 from bench.projector import Venue, chunks, events_of, frames_of
 from statekeeper.audit.parallel import default_jobs
 from statekeeper.audit.reader import SERVER_SETTINGS, Bound, pages

@@ -18,7 +18,6 @@ from uuid import uuid4
 
 import asyncpg
 
-from statekeeper.audit.output import Rendered, TableLines
 from statekeeper.database import connect
 from statekeeper.embedded import EmbeddedPostgres
 from statekeeper.migrations import upgrade
@@ -70,30 +69,6 @@ async def cluster() -> AsyncIterator[Cluster]:
         finally:
             if server is not None:
                 server.stop()
-
-
-@dataclass(frozen=True, slots=True)
-class Nothing:
-    """A form that reads no rows (the digest still reads every one)."""
-
-    def __call__(self, tables: TableLines) -> None:
-        return None
-
-
-class Discard:
-    """A replay renderer that writes nothing (here, not in a benchmark's main module: replay worker processes
-    unpickle its form by its module's name)."""
-
-    form = Nothing()
-
-    def begin(self, basis: dict[str, Any]) -> None:
-        pass
-
-    def account(self, done: Rendered) -> None:
-        pass
-
-    def end(self, digest: str) -> None:
-        pass
 
 
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
