@@ -4,8 +4,8 @@ An account's events fold one after the other, on one core; accounts are independ
 (and ``--verify``) hands the accounts to up to ``jobs`` worker processes, one account at a time each: the worker
 replays the account on its own connection (its PostgreSQL backend builds the pages on another core) and returns
 the result, which the parent takes in account order, so the output and the digests are the same whatever the
-number of workers. A :class:`~statekeeper.audit.state.ReplayState` travels to the parent pickled, its spill file
-(if any) by name: the parent reads it and deletes it when it closes the state.
+number of workers. A result travels to the parent pickled; one that names a file (a replay's output,
+:class:`statekeeper.audit.output.Spooled`) hands the file over: the parent deletes it when it closes the result.
 
 A worker is a fresh interpreter (``python -c``, importing this module by its name: nothing of the parent's event
 loop, connections or main script), which costs about a quarter of a second to start, so a replay goes parallel
@@ -91,7 +91,7 @@ async def _serve(tasks: BinaryIO, send: Callable[..., None]) -> None:
                     conn.terminate()  # in whatever state the failure left it: the next task connects again
                 conn = None
                 continue
-            send(b"r", *_framed(result))  # a spill file it names is the parent's now: the worker leaves it be
+            send(b"r", *_framed(result))  # a file it names is the parent's now: the worker leaves it be
     finally:
         if conn is not None:
             await conn.close()

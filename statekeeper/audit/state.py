@@ -151,11 +151,8 @@ class SpillMap(Generic[R]):
 
 
 class _SpillFile:
-    """A temporary SQLite file, created on first use and deleted on close.
-
-    It can be pickled (with the :class:`ReplayState` that holds it): a replay worker process hands its state to the
-    parent, which reopens the file and deletes it when it closes the state.
-    """
+    """A temporary SQLite file, created on first use and deleted on close (by the process that replayed the
+    account: what leaves a replay worker is the account's output, never its state)."""
 
     def __init__(self, directory: Path | None) -> None:
         self._directory = directory
@@ -165,22 +162,13 @@ class _SpillFile:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            created = self._path is None
-            if self._path is None:
-                self._path = Path(tempfile.mkdtemp(prefix="statekeeper-replay-", dir=self._directory))
+            self._path = Path(tempfile.mkdtemp(prefix="statekeeper-replay-", dir=self._directory))
             self._db = sqlite3.connect(self._path / "spill.sqlite3", isolation_level=None)
             self._db.execute("PRAGMA journal_mode = OFF")
             self._db.execute("PRAGMA synchronous = OFF")
-            if created:
-                for statement in _CREATE.values():
-                    self._db.execute(statement)
+            for statement in _CREATE.values():
+                self._db.execute(statement)
         return self._db
-
-    def __getstate__(self) -> dict[str, Any]:
-        if self._db is not None:  # every write is committed: the file is complete once closed
-            self._db.close()
-            self._db = None
-        return {"_directory": self._directory, "_path": self._path, "_db": None}
 
     def close(self) -> None:
         if self._db is not None:
