@@ -138,8 +138,7 @@ class CsvForm:
 
     def __call__(self, tables: TableLines) -> Spooled:
         loads = orjson.loads
-        with Spooled.writing(".csv") as (spooled, file):
-            text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+        with Spooled.writing(".csv") as (spooled, file), io.TextIOWrapper(file, encoding="utf-8", newline="") as text:
             writer = csv.writer(text, lineterminator="\n")
             for table, lines in tables:
                 header_written = False
@@ -152,8 +151,6 @@ class CsvForm:
                     writer.writerow(values)
                 if header_written:
                     writer.writerow(())
-            text.flush()
-            text.detach()  # the file is closed by its own block
         return spooled
 
 
@@ -183,7 +180,7 @@ def _at(table: str, *names: str) -> list[int]:
     return [1 + _COLUMNS[table].index(name) for name in names]
 
 
-SHOWN_AT = {table: _at(table, *columns) for table, columns in SHOWN.items()}
+_SHOWN_AT = {table: _at(table, *columns) for table, columns in SHOWN.items()}
 _FILL_AT = _at("fills", "fee", "fee_asset", "busted_at")
 _PAYMENT_AT = _at("funding_payments", "market", "amount")
 
@@ -211,8 +208,8 @@ class TableForm:
         fees: dict[str, Decimal] = {}
         paid: dict[str, Decimal] = {}
         for table, lines in tables:
-            if table in SHOWN_AT:
-                at = SHOWN_AT[table]
+            if table in _SHOWN_AT:
+                at = _SHOWN_AT[table]
                 shown[table] = [tuple(_text(values[i]) for i in at) for values in map(loads, lines)]
             elif table == "fills":
                 fee_at, asset_at, busted_at = _FILL_AT
