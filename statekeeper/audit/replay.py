@@ -187,7 +187,8 @@ class Digesting:
 
 
 def account_digest(state: ReplayState) -> str:
-    """The digest of one account's replayed tables (every table, each sorted by key: :meth:`ReplayState.lines`)."""
+    """The digest of one account's replayed tables (every table, each sorted by key:
+    :meth:`ReplayState.table_lines`)."""
     return Digesting(state).digest()
 
 

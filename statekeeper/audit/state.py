@@ -15,7 +15,7 @@ with :func:`statekeeper.projections.rows.positional_decoder`, so a row read back
 for field, and the digest reads spilled rows as they are stored, without decoding them.
 
 At the end, each table's rows come out sorted by key, streamed (from SQLite once anything was spilled), for the
-output and ``--verify`` (:meth:`ReplayState.tables`), and as digest lines (:meth:`ReplayState.lines`).
+output and ``--verify`` (:meth:`ReplayState.tables`), and as digest lines (:meth:`ReplayState.table_lines`).
 """
 
 from __future__ import annotations
@@ -314,12 +314,6 @@ class ReplayState:
         yield "closed_positions", _row_lines("closed_positions", self.closed_positions)
         for spilled in (self.fills, self.busts, self.funding):
             yield spilled.table, _flat(spilled.sorted_lines())
-
-    def lines(self) -> Iterator[bytes]:
-        """The digest lines of every row of :meth:`tables`, in the same order (:meth:`table_lines`, one after the
-        other)."""
-        for _, lines in self.table_lines():
-            yield from lines
 
 
 def _merged(few: list[tuple[str, T]], groups: Iterable[tuple[str, list[T]]]) -> Iterator[T]:

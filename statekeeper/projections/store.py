@@ -234,6 +234,9 @@ FROM unnest($1::text[]) AS t(name)
 JOIN pg_class AS c ON c.oid = to_regclass(t.name)
 WHERE c.reltuples < 0 AND pg_relation_size(c.oid) > 0
 """
+ANALYZE_TABLE = {name: f"ANALYZE {name}" for name in TABLES}
+"""``ANALYZE`` of each projection table (the names are this module's constants; a utility statement takes no
+parameters and is not prepared)."""
 
 # How far behind each account's projections are: the checkpoint, the events not applied yet, and the oldest
 # one's receive time (a range of the primary key, as long as the lag). Used by the workers and `statekeeper status`.
@@ -504,7 +507,7 @@ class Statistics:
             if (name, file) in self._tried or name not in TABLES:
                 continue
             self._tried.add((name, file))
-            await conn.execute(f"ANALYZE {name}")  # a name of TABLES: this module's constant
+            await conn.execute(ANALYZE_TABLE[name])
             analyzed.append(name)
         if analyzed:
             logger.info("analyzed %s: the planner had no statistics for them", ", ".join(analyzed),
