@@ -23,13 +23,15 @@
   ``COPY`` of the same rows into a scratch copy of ``events`` (indexes included, no idempotency, 10,000 per
   transaction: the append benchmark's ceiling).
 * **latency**: the daemon (ingest + one projector worker) against a simulated venue in another process at
-  ~1,000 frames/s, in two topologies: one process (``statekeeper run``), then the projector in a process of its
-  own (``statekeeper run --only ingest`` here, ``statekeeper project`` in a child that prints each commit, as
-  ``docker-compose.yml`` deploys them); the simulator's step rate calibrated on its frames per step (the achieved
-  rate is printed); 30 s (5 s with ``--quick``) after a warm-up, Extended then Paradex, each in a fresh database.
+  ~1,000 frames/s, in two topologies: ``statekeeper run`` as shipped, its projector worker in its projector
+  process (``[projector] separate_process = true``, the default; the same code as ``statekeeper run --only
+  ingest`` beside ``statekeeper project``, as ``docker-compose.yml`` deploys them), then every part in one process
+  (``separate_process = false``); the simulator's step rate calibrated on its frames per step (the achieved rate
+  is printed); 30 s (5 s with ``--quick``) after a warm-up, Extended then Paradex, each in a fresh database.
   For every state event (a kind some projection reads) received in the window: its ``received_at`` (the frame's arrival)
   to the commit of the projector transaction that applied it. The commit time is taken by wrapping
-  ``store.apply_batch`` in this process only: the wrapper notes ``time.time()`` as soon as the call returns
+  ``store.apply_batch`` where the worker runs (the projector process runs :func:`projector_child`, which writes
+  the commits to a file): the wrapper notes ``time.time()`` as soon as the call returns
   (its transaction has committed) with the batch's last event id. Baseline in the same run: the ingest-only
   latency of the same events, ``received_at`` to ``appended_at`` (the start of the append transaction, as
   ``bench.ingest`` measures), so the projector's share is visible; that share is split into the wait before the
@@ -50,6 +52,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -66,7 +69,9 @@ from statekeeper.config import AccountSettings, ProjectorSettings, Settings, res
 from statekeeper.database import connect, create_pool
 from statekeeper.eventlog import PostgresEventLog, copy_record
 from statekeeper.events import Event, encode_events
+from statekeeper.ingest import projector_process
 from statekeeper.ingest.daemon import Daemon
+from statekeeper.ingest.projector_process import ProjectorProcess
 from statekeeper.projections import fold, store
 from statekeeper.projections.fold import PROJECTED_KINDS, AccountState, FoldEvent
 from statekeeper.projections.worker import ProjectorWorker
@@ -86,6 +91,9 @@ APPEND_BATCH = 1_000
 COPY_BATCH = 10_000
 FRAMES_PER_SECOND = 1_000
 WARMUP_SECONDS = 2.0
+TOPOLOGIES = {True: "projector process", False: "one process"}
+"""By ``[projector] separate_process``: ``statekeeper run`` as shipped (its projector workers in its projector
+process), or with every part in the daemon's process."""
 CHECKPOINT = store.CHECKPOINT
 TARGET_EVENTS_PER_S = 30_000
 TARGET_P50_MS = 5.0
@@ -381,13 +389,14 @@ async def throughput(url: str, total: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ latency
 
 
-def _settings(venue: Venue, account: str, port: int, credential: str) -> Settings:
+def _settings(venue: Venue, account: str, port: int, credential: str, *, separate: bool) -> Settings:
     if venue == "extended":
         ws, rest = f"ws://127.0.0.1:{port}/stream.extended.exchange/v1/account", f"http://127.0.0.1:{port}/api/v1"
     else:
         ws, rest = f"ws://127.0.0.1:{port}/v1", f"http://127.0.0.1:{port}/v1"
     accounts = (AccountSettings(name=account, venue=venue, api_key_env="BENCH_KEY", ws_url=ws, rest_url=rest),)
-    settings = Settings(accounts=accounts, ingest={"metrics_port": 0}, projector={"workers": 1})  # type: ignore[arg-type]
+    projector = {"workers": 1, "separate_process": separate}
+    settings = Settings(accounts=accounts, ingest={"metrics_port": 0}, projector=projector)  # type: ignore[arg-type]
     return resolve_secrets(settings, origin="bench", environ={"BENCH_KEY": credential})
 
 
@@ -446,60 +455,59 @@ def _recording(commits: list[tuple[int, float, float]], statements: list[list[No
     return recording
 
 
-async def projector_child(url: str) -> None:
-    """``statekeeper project`` (the projector workers alone, woken by NOTIFY) in this process, printing a line per
-    committed batch (its last event id, began, committed), and at the end the statements each sent."""
+COMMITS_FILE = "SK_BENCH_COMMITS"
+"""The variable naming the file :func:`projector_child` writes its commits to."""
+
+
+def projector_child() -> int:
+    """The daemon's projector process (:func:`statekeeper.ingest.projector_process.main`) with ``store.apply_batch``
+    wrapped: a line per committed batch (its last event id, began, committed) to the file ``$SK_BENCH_COMMITS``
+    names, and at the end the statements each batch sent."""
     commits: list[tuple[int, float, float]] = []
     statements: list[list[None]] = []
-    settings = Settings(ingest={"metrics_port": 0}, projector={"workers": 1})  # type: ignore[arg-type]
-    daemon = Daemon(settings, url, ingest=False)
     recording = _recording(commits, statements)
+    with open(os.environ[COMMITS_FILE], "w", encoding="utf-8") as out:
 
-    async def printing(conn: asyncpg.Connection, batch_account: str, **options: Any) -> store.BatchResult:
-        result: store.BatchResult = await recording(conn, batch_account, **options)
-        if result.events:
-            print(*commits[-1], flush=True)
-        return result
+        async def writing(conn: asyncpg.Connection, batch_account: str, **options: Any) -> store.BatchResult:
+            result: store.BatchResult = await recording(conn, batch_account, **options)
+            if result.events:
+                out.write(" ".join(map(str, commits[-1])) + "\n")
+            return result
 
-    with patch.object(store, "apply_batch", printing):
-        await daemon.run()  # until SIGTERM
-    print(json.dumps([len(sent) for sent in statements]), flush=True)
-
-
-async def _read_commits(child: asyncio.subprocess.Process, commits: list[tuple[int, float, float]]) -> list[int]:
-    assert child.stdout is not None
-    async for line in child.stdout:
-        text = line.decode().strip()
-        if text.startswith("["):
-            counts: list[int] = json.loads(text)
-            return counts
-        position, began, committed = text.split()
-        commits.append((int(position), float(began), float(committed)))
-    raise SystemExit(f"the projector process ended without its statement counts (exit {await child.wait()})")
+        with patch.object(store, "apply_batch", writing):
+            code = projector_process.main()
+        out.write(json.dumps([len(sent) for sent in statements]) + "\n")
+    return code
 
 
-async def _projector_process(
-    url: str, commits: list[tuple[int, float, float]]
-) -> tuple[asyncio.subprocess.Process, asyncio.Task[list[int]]]:
-    """:func:`projector_child` started, and the task that reads its commits into ``commits``."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.projector", "--projector-child", url, stdout=asyncio.subprocess.PIPE
-    )
-    return child, asyncio.create_task(_read_commits(child, commits))
+def _read_commits(path: str) -> tuple[list[tuple[int, float, float]], list[list[None]]]:
+    """What :func:`projector_child` wrote."""
+    with open(path, encoding="utf-8") as lines:
+        *batches, counts = lines.read().splitlines()
+    commits = [(int(p), float(b), float(c)) for p, b, c in (line.split() for line in batches)]
+    return commits, [[None] * count for count in json.loads(counts)]
 
 
-async def _stop(*processes: asyncio.subprocess.Process | None) -> None:
-    for process in processes:
-        if process is not None:
-            if process.returncode is None:
-                process.terminate()
-            await process.wait()
+async def _applied(url: str, account: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await conn.fetchval("SELECT min(position) FROM projector_checkpoints WHERE account = $1", account)
+        return int(applied or 0)
+    finally:
+        await conn.close()
 
 
-async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, separate: bool = False) -> dict[str, Any]:
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+    await process.wait()
+
+
+async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, separate: bool = True) -> dict[str, Any]:
     """The daemon against a simulated venue in another process at ~1,000 frames/s; per state event, arrival to
-    the commit of the projector transaction that applied it. ``separate``: the projector in a process of its own
-    (``statekeeper run --only ingest`` here, ``statekeeper project`` in a child, as docker-compose.yml deploys them)."""
+    the commit of the projector transaction that applied it. ``separate``: the projector workers in the daemon's
+    projector process (``[projector] separate_process``, the default; the process runs :func:`projector_child`),
+    else in the daemon's own."""
     account = f"live-{venue}"
     per_step = len(record_session(venue, seed=seed, steps=2_000, account=account)) / 2_000
     steps_per_s = FRAMES_PER_SECOND / per_step
@@ -511,12 +519,17 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, sepa
     )  # fmt: skip
     commits: list[tuple[int, float, float]] = []
     statements: list[list[None]] = []
-    child, reading = await _projector_process(url, commits) if separate else (None, None)
+    commits_file = tempfile.NamedTemporaryFile(prefix="sk-bench-commits-", delete=False)  # noqa: SIM115
+    commits_file.close()
     try:
         await _wait_port(port)
-        settings = _settings(venue, account, port, _credential(venue, seed, account))
-        daemon = Daemon(settings, url, project=not separate)
-        with patch.object(store, "apply_batch", _recording(commits, statements)):
+        settings = _settings(venue, account, port, _credential(venue, seed, account), separate=separate)
+        daemon = Daemon(settings, url)
+        with (
+            patch.object(store, "apply_batch", _recording(commits, statements)),
+            patch.object(ProjectorProcess, "command", (sys.executable, "-m", "bench.projector", "--projector-child")),
+            patch.dict(os.environ, {COMMITS_FILE: commits_file.name}),
+        ):
             task = asyncio.create_task(daemon.run())
             deadline = time.monotonic() + 60
             while await _stream_events(url, account) == 0:
@@ -534,7 +547,7 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, sepa
                 last = await conn.fetchval("SELECT max(id) FROM events WHERE account = $1 AND received_at <= $2",
                                            account, end)  # fmt: skip
                 deadline = time.monotonic() + 60
-                while not commits or commits[-1][0] < last:
+                while await _applied(url, account) < last:
                     if time.monotonic() > deadline:
                         raise SystemExit("the projector did not catch up within 60 s of the window's end")
                     await asyncio.sleep(0.05)
@@ -546,12 +559,12 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, sepa
             finally:
                 await conn.close()
             daemon.stop.set()
-            await task
-        if reading is not None:  # the projector process: stopped, it sends the statements each batch sent
-            await _stop(child)
-            statements = [[None] * count for count in await reading]
+            await task  # the projector process has ended too: its file is complete
+        if separate:
+            commits, statements = _read_commits(commits_file.name)
     finally:
-        await _stop(simulator, child)
+        os.unlink(commits_file.name)
+        await _stop(simulator)
     frames_per_s = len(rows) / (end - start).total_seconds()
     positions = [p for p, _, _ in commits]
     visible, ingest, projector, waiting, applying = [], [], [], [], []
@@ -579,7 +592,7 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, sepa
 
     return {
         "venue": venue,
-        "topology": "projector in its own process" if separate else "one process",
+        "topology": TOPOLOGIES[separate],
         "seconds": seconds,
         "steps_per_s": round(steps_per_s, 1),
         "frames_per_s": round(frames_per_s),
@@ -661,12 +674,12 @@ def report(t: dict[str, Any], lat: list[dict[str, Any]]) -> dict[str, Any]:
     ]  # fmt: skip
     for one in lat:
         v = one["visible"]
-        venue = f"{one['venue']}, {'own process' if one['topology'] != 'one process' else 'one process'}"
+        venue = f"{one['venue']}, {one['topology']}"
         rows.append((f"p50 <= {TARGET_P50_MS:g} ms ({venue})", f"{v['p50_ms']} ms", v["p50_ms"] <= TARGET_P50_MS))
         rows.append((f"p99 <= {TARGET_P99_MS:g} ms ({venue})", f"{v['p99_ms']} ms", v["p99_ms"] <= TARGET_P99_MS))
-    print(f"{'target':<29} {'result':<62} verdict")
+    print(f"{'target':<42} {'result':<62} verdict")
     for target, result, met in rows:
-        print(f"{target:<29} {result:<62} {_verdict(met)}")
+        print(f"{target:<42} {result:<62} {_verdict(met)}")
     return {
         "throughput": t,
         "latency": lat,
@@ -681,7 +694,7 @@ async def run(quick: bool) -> dict[str, Any]:
         t = await throughput(await pg.database(), 20_000 if quick else 200_000)
         lat = [
             await latency(await pg.database(), venue, seconds=5 if quick else 30, separate=separate)
-            for separate in (False, True)
+            for separate in (True, False)
             for venue in VENUES
         ]
     load_after = os.getloadavg()[0]
@@ -694,11 +707,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works")
     parser.add_argument("--no-record", action="store_true", help="print the figures without writing results.json")
-    parser.add_argument("--projector-child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--projector-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.projector_child:
-        asyncio.run(projector_child(args.projector_child))
-        return
+        sys.exit(projector_child())
     figures = asyncio.run(run(args.quick))
     record("projector", figures, write=not args.no_record and not args.quick)
 

@@ -14,7 +14,6 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import typer
 from rich.console import Console
@@ -24,7 +23,7 @@ from rich.table import Table
 from statekeeper import __version__
 from statekeeper.config import Settings, load_settings
 from statekeeper.errors import StatekeeperError
-from statekeeper.logs import configure_logging, mask_secrets, register_secret
+from statekeeper.logs import configure_logging, mask_secrets, register_secret, register_url_password
 
 T = TypeVar("T")
 
@@ -88,9 +87,7 @@ def run_command(
     try:
         settings = load_settings(config, require_secrets=require_secrets)
         if settings.database.url is not None:
-            password = urlsplit(settings.database.url.get_secret_value()).password
-            register_secret(password)
-            register_secret(unquote(password or ""))
+            register_url_password(settings.database.url.get_secret_value())
         for account in settings.accounts:
             if account.api_key is not None:
                 register_secret(account.api_key.get_secret_value())

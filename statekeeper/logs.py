@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
@@ -33,6 +34,13 @@ def register_secret(value: str | None) -> None:
     if value and len(value) >= MIN_SECRET_LENGTH:
         with _secrets_lock:
             _secrets.add(value)
+
+
+def register_url_password(url: str | None) -> None:
+    """Mask the password of a database URL (as written, and percent-decoded) in every log line from now on."""
+    password = urlsplit(url or "").password
+    register_secret(password)
+    register_secret(unquote(password or ""))
 
 
 def mask_secrets(text: str) -> str:
@@ -101,6 +109,12 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return mask_secrets(orjson.dumps(entry, default=str).decode())
+
+
+def current_format() -> Literal["text", "json"]:
+    """The format :func:`configure_logging` set last (text if it has not run)."""
+    handlers = logging.getLogger().handlers
+    return "json" if any(isinstance(h.formatter, JsonFormatter) for h in handlers) else "text"
 
 
 def configure_logging(fmt: Literal["text", "json"] = "text", level: str = "INFO") -> None:

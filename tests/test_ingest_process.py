@@ -140,6 +140,25 @@ class DaemonProcess:
                 return int(found.group(1))
         return None
 
+    async def projector_pid(self) -> int:
+        """The pid of its projector process, once /healthz shows the process's worker."""
+        found: list[int] = []
+
+        async def reported() -> bool:
+            port = self.port()
+            if port is None:
+                return False
+            async with aiohttp.ClientSession() as http:
+                _, health = await get_json(http, f"http://127.0.0.1:{port}/healthz")
+            found[:] = [
+                int(p["worker"].rsplit(":", 1)[1].split("/")[0]) for p in health["projectors"] if p["slot"] is not None
+            ]
+            return bool(found)
+
+        await self.wait_until(reported, what="the projector process's worker in /healthz")
+        assert found[0] != self.pid, "the projector worker runs in a process of its own"
+        return found[0]
+
     async def wait_until(self, condition: Callable[[], Awaitable[bool]], *, what: str, within: float = 30.0) -> None:
         """Like :func:`wait_until`, failing at once (with its output) if the daemon exits meanwhile."""
 
@@ -178,6 +197,15 @@ class DaemonProcess:
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (neither gone nor a zombie left for a parent that will never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 async def _read_lines(stream: asyncio.StreamReader, into: list[str]) -> None:
@@ -325,9 +353,12 @@ async def test_kill_9_then_restart_closes_the_abandoned_session_and_backfills_wh
                 return len((await stored(database_url, ACCOUNT)).event_raws) >= 150
 
             await first.wait_until(first_session_busy, what="the first daemon's session resynced and streaming")
+            projector = await first.projector_pid()
             first.process.kill()
             async with asyncio.timeout(10):
                 assert await first.process.wait() == -signal.SIGKILL
+            # its projector process sees its input end, and stops: no orphan
+            await wait_until(lambda: not alive(projector), within=15, what="the orphaned projector process ending")
         [killed] = await websocket_sessions(database_url, first.owner)
         assert killed["closed_at"] is None, "a killed daemon cannot have closed its session"
         connections_before = len(sim.frames(ACCOUNT))

@@ -2,7 +2,8 @@
 
 Each account gets a writer (:mod:`.writer`) and an ingest (:mod:`.account`), started once its claim is held
 (:mod:`.claims`). ``[projector] workers`` projector workers (:mod:`statekeeper.projections.worker`) run beside
-them; ``statekeeper project`` runs the same daemon with the projectors only. A local HTTP server answers
+them: in a child process of their own with ``[projector] separate_process`` (:mod:`.projector_process`), else in
+this one. ``statekeeper project`` runs the same daemon with the projectors only. A local HTTP server answers
 ``/healthz`` and ``/metrics``. SIGTERM and SIGINT set one stop event: every session is closed with reason
 ``shutdown`` after reading what the venue had sent, every writer flushes, all within ``[ingest]
 shutdown_grace_seconds``; whatever is still unwritten then is counted in a loud error, never dropped quietly.
@@ -40,6 +41,8 @@ from statekeeper.ingest.account import AccountIngest, AccountState
 from statekeeper.ingest.claims import AccountClaims
 from statekeeper.ingest.drivers import make_driver
 from statekeeper.ingest.metrics import IngestMetrics
+from statekeeper.ingest.projector_process import NAME as PROJECTOR_PROCESS
+from statekeeper.ingest.projector_process import ProjectorProcess
 from statekeeper.ingest.writer import AccountWriter
 from statekeeper.logs import log_context
 from statekeeper.migrations import check as check_schema
@@ -110,6 +113,7 @@ class Daemon:
         metrics: IngestMetrics | None = None,
         ingest: bool = True,
         project: bool = True,
+        child: bool = False,
     ) -> None:
         self.settings = settings
         self.url = database_url
@@ -117,12 +121,26 @@ class Daemon:
         """False for ``statekeeper project`` and ``statekeeper run --only project``: the projectors only."""
         self.project = project
         """False for ``statekeeper run --only ingest``: no projector worker, whatever ``[projector] workers`` says."""
-        self.metrics = metrics or IngestMetrics()
-        self.projector_metrics = ProjectorMetrics(self.metrics.registry)
-        self.reconcile_metrics = ReconcileMetrics(self.metrics.registry)
-        self.projectors: list[ProjectorWorker] = []
-        self._projector_restarts: list[float] = []
+        self.child = child
+        """The projector process of a ``statekeeper run`` (:mod:`.projector_process`)."""
         self.stop = asyncio.Event()
+        self.metrics = metrics or IngestMetrics()
+        self.reconcile_metrics = ReconcileMetrics(self.metrics.registry)
+        self.workers = settings.projector.workers if project else 0
+        """Projector workers, in this process or in :attr:`projector_process`."""
+        self.projector_process = (
+            ProjectorProcess(settings, database_url, stop=self.stop)
+            if ingest and self.workers and settings.projector.separate_process
+            else None
+        )
+        """The child process the projector workers run in, with ``[projector] separate_process``."""
+        self.projector_metrics = (
+            ProjectorMetrics(self.metrics.registry) if self.workers and self.projector_process is None else None
+        )
+        """The metrics of projector workers in this process (the child's are served with the daemon's)."""
+        self.projectors: list[ProjectorWorker] = []
+        """The projector workers in this process."""
+        self._projector_restarts: list[float] = []
         self.accounts: dict[str, AccountRuntime] = {}
         self.port: int | None = None
         """The port /healthz and /metrics are served on, once started."""
@@ -149,7 +167,11 @@ class Daemon:
         try:
             with self._signals(), _first_failure():
                 async with asyncio.TaskGroup() as group:
-                    for number in range(self.settings.projector.workers if self.project else 0):
+                    if self.projector_process is not None:
+                        supervised = self._supervised(PROJECTOR_PROCESS, self._projector_restarts, "projector",
+                                                      self.projector_process.run)  # fmt: skip
+                        group.create_task(supervised, name="projector-process")
+                    for number in range(self.workers if self.projector_process is None else 0):
                         worker = ProjectorWorker(self.url, pool, settings=self.settings.projector, stop=self.stop,
                                                  metrics=self.projector_metrics,
                                                  name=f"{self.owner}/{number}")  # fmt: skip
@@ -170,10 +192,10 @@ class Daemon:
                     _keep_out_of_full_collections()
                     self.started.set()
                     logger.info(
-                        "statekeeper %s: %d accounts ingested, %d projector workers; health and metrics on "
-                        "http://%s:%s/", "run" if self.ingest else "project",
-                        len(self.accounts), len(self.projectors), options.metrics_host, self.port,
-                        extra={"action": "daemon_started"},
+                        "%s: %d accounts ingested, %d projector workers%s; health and metrics on http://%s:%s/",
+                        self._name, len(self.accounts), self.workers,
+                        " in a child process" if self.projector_process else "", options.metrics_host, self.port,
+                        extra={"action": "projector_process_started" if self.child else "daemon_started"},
                     )  # fmt: skip
                     await self.stop.wait()
         finally:
@@ -181,7 +203,15 @@ class Daemon:
             await claims.close()
             await runner.cleanup()
             await pool.close()
-        logger.info("statekeeper %s: stopped", "run" if self.ingest else "project", extra={"action": "daemon_stopped"})
+        logger.info("%s: stopped", self._name,
+                    extra={"action": "projector_process_stopped" if self.child else "daemon_stopped"})  # fmt: skip
+
+    @property
+    def _name(self) -> str:
+        """How the daemon names itself in its log."""
+        if self.child:
+            return f"{PROJECTOR_PROCESS} (pid {os.getpid()})"
+        return "statekeeper run" if self.ingest else "statekeeper project"
 
     def _appended(self, account: str) -> None:
         """This process's ingest just committed events of ``account``: its projectors need not wait for NOTIFY."""
@@ -327,7 +357,10 @@ class Daemon:
     # ------------------------------------------------------------------------------------ health, metrics
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """``/healthz``: 200 while the database takes writes and at least one account is ingesting."""
+        """``/healthz``: 200 while the database takes writes and at least one account is ingesting.
+
+        The projector workers' entries are those of the child process, with ``[projector] separate_process``: one
+        entry with the error while that process is not running."""
         accounts: dict[str, Any] = {}
         now = time.monotonic()
         for name, rt in self.accounts.items():
@@ -347,12 +380,15 @@ class Daemon:
         live = [
             a for a in accounts.values() if a["state"] in ("streaming", "polling", "connecting", "waiting", "starting")
         ]
-        projectors = [
-            {"worker": p.name, "slot": p.slot, "accounts": sorted(p.held), "error": p.error, "failing": p.failing}
-            for p in self.projectors
-        ]
+        if self.projector_process is not None:
+            projectors = self.projector_process.health()
+        else:
+            projectors = [
+                {"worker": p.name, "slot": p.slot, "accounts": sorted(p.held), "error": p.error, "failing": p.failing}
+                for p in self.projectors
+            ]
         database_ok = all(rt.writer.healthy for rt in self.accounts.values()) and not any(
-            p.error for p in self.projectors
+            p["error"] for p in projectors
         )
         ok = database_ok and (bool(live) or not accounts) and not self.stop.is_set()
         status = "ok" if ok and len(live) == len(accounts) else ("degraded" if ok else "failing")
@@ -365,9 +401,10 @@ class Daemon:
             return web.Response(body=orjson.dumps(body), status=code, content_type="application/json")
 
         async def metrics(_: web.Request) -> web.Response:
-            return web.Response(
-                body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
+            body = generate_latest(self.metrics.registry)
+            if self.projector_process is not None:
+                body += await self.projector_process.metrics()
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         app = web.Application()
         app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics)])
