@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -23,12 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from statekeeper.config import Settings, resolve_secrets
 from statekeeper.database import connect
+from statekeeper.eventlog import PostgresEventLog
 from statekeeper.ingest import projector_process
 from statekeeper.ingest.metrics import IngestMetrics
 from statekeeper.ingest.projector_process import ProjectorProcess, handoff, projector_families
 from statekeeper.projections.worker import ProjectorMetrics
 from statekeeper.simulator import Simulator, SimulatorConfig
 from tests.ingest_support import running_daemon, settings_for, wait_until
+from tests.test_projector_worker import activity, caught_up
 
 ACCOUNT = "pp1"
 HOST = socket.gethostname()
@@ -187,8 +190,11 @@ async def test_run_projects_in_a_child_process_restarted_when_it_dies(database_u
         assert not _alive(second)
 
 
-async def test_the_child_stops_when_its_input_ends_and_refuses_to_run_without_a_handoff(database_url: str) -> None:
-    settings = Settings(ingest={"metrics_port": 0}, projector={"workers": 1})  # type: ignore[arg-type]
+async def test_the_child_applies_what_it_is_poked_for_stops_when_its_input_ends_and_needs_a_handoff(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    settings = Settings(ingest={"metrics_port": 0}, projector={"workers": 1, "poll_interval_seconds": 3600})  # type: ignore[arg-type]
+    await log.append(activity(ACCOUNT, 20, seed=1))
     child = await asyncio.create_subprocess_exec(
         *ProjectorProcess.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
@@ -200,6 +206,14 @@ async def test_the_child_stops_when_its_input_ends_and_refuses_to_run_without_a_
             assert isinstance(started["port"], int)
             reported: dict[str, Any] = orjson.loads(await child.stdout.readline())
         assert [p["worker"].split("/")[0] for p in reported["projectors"]] == [f"{HOST}:{child.pid}"]
+        await wait_until(caught_up(pool), what="the events already in the log applied")
+
+        # no NOTIFY and no poll for an hour: only the daemon's poke can make the child apply new events now
+        await pool.execute("ALTER TABLE events DISABLE TRIGGER events_notify")
+        await log.append(activity(ACCOUNT, 20, seed=1, start=20))
+        child.stdin.write(orjson.dumps(ACCOUNT) + b"\n")
+        await wait_until(caught_up(pool), what="the poked account's new events applied")
+
         child.stdin.close()  # what the daemon dying does too
         async with asyncio.timeout(30):
             assert await child.wait() == 0

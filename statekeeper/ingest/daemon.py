@@ -217,6 +217,8 @@ class Daemon:
         """This process's ingest just committed events of ``account``: its projectors need not wait for NOTIFY."""
         for worker in self.projectors:
             worker.poke(account)
+        if self.projector_process is not None:
+            self.projector_process.poke(account)
 
     async def _grace(self) -> None:
         """Once stopping, give the accounts the grace period; then cancel what is left, loudly."""

@@ -8,9 +8,11 @@ daemon like any of its tasks (restarted when it dies, stopped with it).
 
 The two talk over the child's standard streams, one JSON object per line (private to this module):
 
-- daemon → child, stdin: the handoff, ``{"settings": ..., "database_url": ..., "log": ...}``. Then nothing: the
-  daemon keeps stdin open while it wants the child, and end of file (the daemon stopping, or dying) stops the child,
-  so a killed daemon leaves no projector behind.
+- daemon → child, stdin: the handoff, ``{"settings": ..., "database_url": ..., "log": ...}``. Then an account's
+  name (a JSON string) each time the daemon's ingest commits events of it: the child's workers apply them at once,
+  as :meth:`~statekeeper.projections.worker.ProjectorWorker.poke` does in one process (NOTIFY and polling remain
+  the guarantee). The daemon keeps stdin open while it wants the child: end of file (the daemon stopping, or dying)
+  stops the child, so a killed daemon leaves no projector behind.
 - child → daemon, stdout: ``{"port": N}`` once the child serves /healthz and /metrics (on 127.0.0.1, a free port),
   then ``{"projectors": [...]}`` (its /healthz ``projectors`` entries) whenever they change.
 
@@ -28,7 +30,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import orjson
@@ -36,6 +38,9 @@ import orjson
 from statekeeper.config import Settings
 from statekeeper.errors import StatekeeperError
 from statekeeper.logs import configure_logging, current_format, register_url_password
+
+if TYPE_CHECKING:
+    from statekeeper.ingest.daemon import Daemon
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ REPORT_INTERVAL = 0.1
 STOP_MARGIN = 5.0
 """Beyond the shutdown grace period: how long the daemon waits for the child to end, before SIGTERM, then SIGKILL."""
 FETCH_TIMEOUT = 2.0
+POKE_BUFFER_LIMIT = 64 * 1024
+"""Pokes not yet taken by the child past which the daemon sends no more (the child is stuck: NOTIFY will do)."""
 
 
 class ProjectorProcessDied(StatekeeperError):
@@ -106,12 +113,20 @@ class ProjectorProcess:
         self.error: str | None = None
         """Why the child is not running, from its unexpected end until it serves again."""
         self._http: aiohttp.ClientSession | None = None
+        self._stdin: asyncio.StreamWriter | None = None
+        """The child's stdin, once it serves (pokes go there)."""
 
     def health(self) -> list[dict[str, Any]]:
         """The ``projectors`` entries of the daemon's /healthz."""
         if self.error is not None:
             return [{"worker": NAME, "slot": None, "accounts": [], "error": self.error, "failing": {}}]
         return self.projectors
+
+    def poke(self, account: str) -> None:
+        """The daemon's ingest just committed events of ``account``: the child's workers may apply them now."""
+        stdin = self._stdin
+        if stdin is not None and not stdin.is_closing() and stdin.transport.get_write_buffer_size() < POKE_BUFFER_LIMIT:
+            stdin.write(orjson.dumps(account) + b"\n")
 
     async def metrics(self) -> bytes:
         """The child's ``statekeeper_projector_*`` families now; none while it is not serving them."""
@@ -134,7 +149,7 @@ class ProjectorProcess:
         assert process.stdout is not None
         self.pid = process.pid
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
-        reading = asyncio.create_task(self._read(process.stdout), name="projector-process-reports")
+        reading = asyncio.create_task(self._read(process), name="projector-process-reports")
         ended = asyncio.ensure_future(process.wait())
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
@@ -149,6 +164,7 @@ class ProjectorProcess:
                 raise ProjectorProcessDied(self.error)
         finally:
             stopping.cancel()
+            self._stdin = None
             self.port = None
             self.projectors = []
             try:
@@ -158,8 +174,9 @@ class ProjectorProcess:
                 await self._http.close()
                 self._http = None
 
-    async def _read(self, stdout: asyncio.StreamReader) -> None:
-        async for line in stdout:
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
             try:
                 report = orjson.loads(line)
             except orjson.JSONDecodeError:
@@ -168,6 +185,7 @@ class ProjectorProcess:
                 continue
             if "port" in report:
                 self.port = report["port"]
+                self._stdin = process.stdin
                 self.error = None
             if "projectors" in report:
                 self.projectors = report["projectors"]
@@ -231,9 +249,18 @@ async def _serve(settings: Settings, database_url: str) -> None:
         transport.close()
 
 
-async def _watch(daemon: Any, stdin: asyncio.StreamReader) -> None:
-    """Stop the daemon when stdin ends: the parent is stopping, or gone."""
-    await stdin.read()
+async def _watch(daemon: Daemon, stdin: asyncio.StreamReader) -> None:
+    """Poke the workers with each account the parent names; stop the daemon when stdin ends: the parent is
+    stopping, or gone."""
+    async for line in stdin:
+        try:
+            account = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            logger.warning("the %s read %r on stdin: not an account, ignored", NAME, line[:200],
+                           extra={"action": "projector_process_input"})  # fmt: skip
+            continue
+        for worker in daemon.projectors:
+            worker.poke(account)
     if not daemon.stop.is_set():
         logger.info("the daemon closed the %s's input: stopping", NAME, extra={"action": "daemon_stopping"})
         daemon.stop.set()
