@@ -99,7 +99,8 @@ class ProjectorProcess:
     """The daemon's side: :meth:`run` starts the child and returns once ``stop`` is set and the child has ended;
     it raises :class:`ProjectorProcessDied` if the child ends before (the daemon's supervision restarts it)."""
 
-    command: ClassVar[tuple[str, ...]] = (sys.executable, "-m", __name__)
+    command: ClassVar[tuple[str, ...]] = (sys.executable, "-P", "-m", __name__)
+    """The child's command line (``-P``: a ``statekeeper`` directory where the daemon was started is not imported)."""
 
     def __init__(self, settings: Settings, database_url: str, *, stop: asyncio.Event) -> None:
         self.settings = settings
@@ -164,6 +165,7 @@ class ProjectorProcess:
                 raise ProjectorProcessDied(self.error)
         finally:
             stopping.cancel()
+            ended.cancel()
             self._stdin = None
             self.port = None
             self.projectors = []
@@ -180,6 +182,8 @@ class ProjectorProcess:
             try:
                 report = orjson.loads(line)
             except orjson.JSONDecodeError:
+                report = None
+            if not isinstance(report, dict):
                 logger.warning("the %s wrote %r on stdout: not a report, ignored", NAME, line[:200],
                                extra={"action": "projector_process_output"})  # fmt: skip
                 continue
@@ -262,7 +266,7 @@ async def _watch(daemon: Daemon, stdin: asyncio.StreamReader) -> None:
         for worker in daemon.projectors:
             worker.poke(account)
     if not daemon.stop.is_set():
-        logger.info("the daemon closed the %s's input: stopping", NAME, extra={"action": "daemon_stopping"})
+        logger.info("the daemon closed the %s's input: stopping", NAME, extra={"action": "projector_process_stopping"})
         daemon.stop.set()
 
 
