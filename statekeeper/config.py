@@ -272,7 +272,7 @@ class ProjectorSettings(_Section):
         default=True,
         description="When `statekeeper run` both ingests and projects: run its projector workers in a child "
         "process (restarted if it dies, stopped with the daemon), so that ingest and projectors do not share one "
-        "event loop. Rows become visible about twice as fast. false: in the daemon's own process.",
+        "event loop, and rows become visible sooner (docs/projections.md). false: in the daemon's own process.",
     )  # fmt: skip
     batch_size: int = Field(default=2_000, ge=1, le=100_000, description="Most events applied in one transaction.")
     poll_interval_seconds: float = Field(
