@@ -140,16 +140,23 @@ class DaemonProcess:
                 return int(found.group(1))
         return None
 
+    async def health(self) -> tuple[int, dict[str, Any]] | None:
+        """Its /healthz now (status code, body); None before it serves it."""
+        port = self.port()
+        if port is None:
+            return None
+        async with aiohttp.ClientSession() as http:
+            return await get_json(http, f"http://127.0.0.1:{port}/healthz")
+
     async def projector_pid(self) -> int:
         """The pid of its projector process, once /healthz shows the process's worker."""
         found: list[int] = []
 
         async def reported() -> bool:
-            port = self.port()
-            if port is None:
+            served = await self.health()
+            if served is None:
                 return False
-            async with aiohttp.ClientSession() as http:
-                _, health = await get_json(http, f"http://127.0.0.1:{port}/healthz")
+            health = served[1]
             found[:] = [
                 int(p["worker"].rsplit(":", 1)[1].split("/")[0]) for p in health["projectors"] if p["slot"] is not None
             ]
@@ -379,11 +386,10 @@ async def test_kill_9_then_restart_closes_the_abandoned_session_and_backfills_wh
             new_session: list[UUID] = []
 
             async def streaming_and_resynced() -> bool:
-                port = second.port()
-                if port is None:
+                served = await second.health()
+                if served is None:
                     return False
-                async with aiohttp.ClientSession() as http:
-                    code, health = await get_json(http, f"http://127.0.0.1:{port}/healthz")
+                code, health = served
                 account = health["accounts"][ACCOUNT]
                 if code != 200 or account["state"] != "streaming" or account["session"] is None:
                     return False
