@@ -483,18 +483,17 @@ def projector_child() -> int:
 def _read_commits(path: str) -> tuple[list[tuple[int, float, float]], list[list[None]]]:
     """What :func:`projector_child` wrote."""
     with open(path, encoding="utf-8") as lines:
-        *batches, counts = lines.read().splitlines()
+        *batches, counts = lines.read().splitlines() or [""]
+    if not counts.startswith("["):
+        raise SystemExit(f"the projector process ended without writing its statement counts to {path}")
     commits = [(int(p), float(b), float(c)) for p, b, c in (line.split() for line in batches)]
     return commits, [[None] * count for count in json.loads(counts)]
 
 
-async def _applied(url: str, account: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        applied = await conn.fetchval("SELECT min(position) FROM projector_checkpoints WHERE account = $1", account)
-        return int(applied or 0)
-    finally:
-        await conn.close()
+async def _applied(conn: asyncpg.Connection, account: str) -> int:
+    """The least log position the account's projections have applied (0: none yet)."""
+    applied = await conn.fetchval("SELECT min(position) FROM projector_checkpoints WHERE account = $1", account)
+    return int(applied or 0)
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
@@ -547,7 +546,7 @@ async def latency(url: str, venue: Venue, *, seconds: float, seed: int = 7, sepa
                 last = await conn.fetchval("SELECT max(id) FROM events WHERE account = $1 AND received_at <= $2",
                                            account, end)  # fmt: skip
                 deadline = time.monotonic() + 60
-                while await _applied(url, account) < last:
+                while await _applied(conn, account) < last:
                     if time.monotonic() > deadline:
                         raise SystemExit("the projector did not catch up within 60 s of the window's end")
                     await asyncio.sleep(0.05)

@@ -243,3 +243,25 @@ async def test_separate_process_false_keeps_the_workers_in_the_daemon(database_u
             await _projected(database_url)
             [worker] = daemon.health()[1]["projectors"]
             assert worker["worker"].startswith(f"{HOST}:{os.getpid()}/") and worker["accounts"] == [ACCOUNT]
+
+
+async def test_a_child_that_cannot_reach_the_database_says_so_without_its_password() -> None:
+    """Bad input to the child: an exit code and a clear error on stderr; the database password masked there."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    password = "pp-db-password-secret-7"
+    url = f"postgresql://statekeeper:{password}@127.0.0.1:{port}/statekeeper"
+    settings = Settings(ingest={"metrics_port": 0}, projector={"workers": 1})  # type: ignore[arg-type]
+    child = await asyncio.create_subprocess_exec(
+        *ProjectorProcess.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await child.communicate(handoff(settings, url))
+    assert child.returncode == 2, err  # a database error, as `statekeeper project` would exit
+    assert out == b"", "no port reported: it never served"
+    text = err.decode()
+    assert "ERROR   statekeeper.ingest.projector_process: the projector process failed: " in text, text
+    assert str(port) in text, text  # the error names where it could not connect
+    assert password not in text, text

@@ -292,4 +292,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run by -m, this file is the module __main__: run the one the daemon imports too (its logger is named
+    # statekeeper.ingest.projector_process, and follows the level set for statekeeper).
+    from statekeeper.ingest.projector_process import main as _main
+
+    sys.exit(_main())
