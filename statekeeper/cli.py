@@ -368,7 +368,7 @@ def project(
 
     Without options, runs until stopped (SIGTERM, Ctrl-C), with /healthz and /metrics like `statekeeper run`.
     """
-    from statekeeper.database import connect, database_target  # noqa: PLC0415
+    from statekeeper.database import database_target  # noqa: PLC0415
     from statekeeper.errors import MigrationError  # noqa: PLC0415
     from statekeeper.ingest.daemon import Daemon  # noqa: PLC0415
     from statekeeper.migrations import check  # noqa: PLC0415
@@ -395,7 +395,7 @@ def project(
                 )
                 out.print(f"rebuilt in {report.seconds:.1f} s", highlight=False)
                 return
-            conn = await connect(target.url)
+            conn = await store.connect_applier(target.url)
             try:
                 accounts = account or [r["account"] for r in await conn.fetch(store.ALL_ACCOUNTS)]
                 applied = await store.catch_up(conn, accounts, limit=batch)

@@ -259,6 +259,93 @@ async def test_statistics_are_given_once_per_table_file_to_tables_with_rows(
         assert await later.refresh(conn) == [], "checked again within the interval"
 
 
+async def test_a_batch_read_ahead_starts_from_its_checkpoint_or_is_read_again(
+    pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    await log.append(activity("ahead", 120, seed=7))
+    async with pool.acquire() as conn:
+        asked: list[int] = []
+        first = await store.apply_batch(conn, "ahead", limit=50, read_ahead=asked.append)
+        assert first.full and asked == [first.position], "a full batch asks for the events after it"
+        events = await store.read_events(conn, "ahead", after=first.position, limit=50)
+        second = await store.apply_batch(conn, "ahead", limit=50, read=(first.checkpoint, events))
+        assert (second.events, second.position) == (50, events[-1].id)
+        # The same read-ahead again: its checkpoint has moved (the second batch), so the batch is read again.
+        third = await store.apply_batch(conn, "ahead", limit=50, read=(first.checkpoint, events))
+        assert (third.events, third.full) == (20, False)
+        assert await store.read_tables(conn, "ahead") == await pure_tables(log, "ahead"), "each event applied once"
+
+
+async def test_workers_read_the_next_batch_ahead(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accounts = ["ahead-1", "ahead-2", "ahead-3"]
+    for account in accounts:
+        await log.append(activity(account, 160, seed=8))
+    read_ahead: list[tuple[str, int]] = []
+    real = store.read_events
+
+    async def reading(conn: asyncpg.Connection, account: str, *, after: int, limit: int) -> list[FoldEvent]:
+        read_ahead.append((account, after))
+        return await real(conn, account, after=after, limit=limit)
+
+    monkeypatch.setattr(store, "read_events", reading)
+    async with workers(database_url, pool, 1):
+        await wait_until(caught_up(pool), what="every account projected")
+    assert {account for account, _ in read_ahead} == set(accounts), read_ahead
+    async with pool.acquire() as conn:
+        for account in accounts:
+            assert await store.read_tables(conn, account) == await pure_tables(log, account)
+
+
+async def test_statistics_follow_a_table_that_grows(
+    pool: asyncpg.Pool, log: PostgresEventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table analyzed while small is analyzed again once it has doubled (and grown by GROWTH_PAGES), not before.
+    monkeypatch.setattr(store.Statistics, "INTERVAL_SECONDS", 0.0)
+    monkeypatch.setattr(store.Statistics, "GROWTH_PAGES", 2)
+    statistics = store.Statistics()
+
+    async def fills_statistics() -> tuple[int, float]:
+        record = await pool.fetchrow("SELECT relpages, reltuples FROM pg_class WHERE relname = 'fills'")
+        assert record is not None
+        return record["relpages"], record["reltuples"]
+
+    await log.append(activity("grows", 40, seed=5))
+    async with pool.acquire() as conn:
+        await store.apply_batch(conn, "grows", limit=1000)
+        assert "fills" in await statistics.refresh(conn)
+        pages, _ = await fills_statistics()
+        assert await statistics.refresh(conn) == [], "statistics that are up to date are left alone"
+        await log.append(activity("grows", 1500, seed=5, start=40))
+        await store.apply_batch(conn, "grows", limit=2000)
+        size = await conn.fetchval("SELECT pg_relation_size('fills') / current_setting('block_size')::int")
+        assert size > 2 * pages + 2, f"the fills table grew from {pages} to {size} pages"
+        assert "fills" in await statistics.refresh(conn), "a table that doubled is analyzed again"
+        assert await fills_statistics() == (size, await conn.fetchval("SELECT count(*) FROM fills"))
+        assert await statistics.refresh(conn) == []
+
+
+async def test_batches_are_applied_with_generic_plans(database_url: str, log: PostgresEventLog) -> None:
+    # Under plan_cache_mode = auto, PostgreSQL plans the load and commit statements anew at every batch once it
+    # judges their generic plans (arrays of ids of unknown length) dearer than a custom one: the projector's
+    # connection keeps the generic plans.
+    await log.append(activity("generic", 120, seed=6))
+    conn = await store.connect_applier(database_url)
+    try:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+        for _ in range(40):
+            await store.apply_batch(conn, "generic", limit=3)
+        plans = await conn.fetch(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = ANY($1)",
+            [store.READ_BATCH, store.LOAD],
+        )
+    finally:
+        await conn.close()
+    assert len(plans) == 2, plans
+    assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 40 for p in plans), plans
+
+
 async def test_workers_give_the_planner_statistics_for_the_tables_they_fill(
     database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
 ) -> None:

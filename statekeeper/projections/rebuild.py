@@ -131,7 +131,7 @@ async def _rebuild(
         await live.execute(f"CREATE SCHEMA {_ident(SCHEMA)}")
         for table in TABLES:
             await live.execute(_create(table, live_schema))
-    copy = await connect(url, server_settings={"search_path": f"{_ident(SCHEMA)}, {_ident(live_schema)}"})
+    copy = await store.connect_applier(url, search_path=f"{_ident(SCHEMA)}, {_ident(live_schema)}")
     try:
         applied = 0
         target = int(await live.fetchval(statements.HEAD))

@@ -34,6 +34,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
 from statekeeper import schema, statements
+from statekeeper.database import connect
 from statekeeper.errors import StatekeeperError
 from statekeeper.projections import rows
 from statekeeper.projections.fold import AccountState, FoldEvent, Needs, fold, needs, parse_events
@@ -72,13 +73,13 @@ class TableSQL:
         )
 
     def upsert_clause(self, first: int) -> str:
-        """A data-modifying ``WITH`` clause body: insert or update the rows whose columns arrive as arrays."""
-        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(self.types, start=first))
+        """A data-modifying ``WITH`` clause body: insert or update the rows that arrive as ``$first``, one array of
+        the table's row type."""
         key = ("account", *self.key_columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in key)
         return (
             f"INSERT INTO {self.table} ({', '.join(self.columns)}) "  # noqa: S608
-            f"SELECT * FROM unnest({arrays}) WHERE EXISTS (SELECT FROM moved) "
+            f"SELECT * FROM unnest(${first}::{self.table}[]) WHERE EXISTS (SELECT FROM moved) "
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
         )
 
@@ -126,8 +127,8 @@ LEFT JOIN LATERAL (
 WHERE c.account = $1 AND c.name = $2
 """  # noqa: S608 - the interpolated text is a constant expression
 
-# The events of an account after a position, as one page (benchmarks and tools; the projector reads them with its
-# checkpoint, READ_BATCH).
+# The events of an account after a position, as one page (a worker's read-ahead, benchmarks; a batch reads them with
+# its checkpoint, READ_BATCH).
 READ_EVENTS = f"""
 SELECT string_agg({statements.EVENT_LINE}, E'\\n' ORDER BY id) AS events
 FROM (
@@ -181,11 +182,25 @@ if {load.table for load in _LOADS} != set(TABLES):
 _MOVE_CHECKPOINT = """moved AS (
     UPDATE projector_checkpoints SET position = $3, updated_at = now()
     WHERE account = $1 AND name = $2 AND position = $4 AND updated_at = $5
-    RETURNING position
+    RETURNING position, updated_at
 )"""
-_WRITE_RESULT = "SELECT set_config('synchronous_commit', 'off', true), (SELECT count(*) FROM moved) AS moved"
+_WRITE_RESULT = "SELECT set_config('synchronous_commit', 'off', true), (SELECT updated_at FROM moved) AS moved_at"
 # The rows and the checkpoint commit or vanish together, and the log itself is durable: a commit lost in a server
 # crash only means these events are applied again, so the projector need not wait for the WAL flush.
+
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+"""The session settings of the connections batches are applied on. Their statements look rows up by key among
+arrays of ids, whose length a cached generic plan cannot know: PostgreSQL's default (``auto``) then judges the
+generic plan dearer than a plan for the values at hand, and plans every execution anew, a fraction of a millisecond
+for each of a batch's statements, more than their execution when a batch holds a few events. The generic plans are
+the same index lookups, so the projector keeps them (an ``ANALYZE`` replans them: :class:`Statistics`)."""
+
+
+async def connect_applier(url: str, *, search_path: str | None = None) -> asyncpg.Connection:
+    """A connection to apply batches on: :data:`SERVER_SETTINGS`, and the ``search_path`` given (a rebuild's)."""
+    settings = dict(SERVER_SETTINGS) if search_path is None else {**SERVER_SETTINGS, "search_path": search_path}
+    return await connect(url, server_settings=settings)
+
 
 Write = tuple[str, str]
 """A part of a write statement: (table, ``"delete"`` or ``"upsert"``)."""
@@ -209,7 +224,7 @@ def write_statement(parts: frozenset[Write]) -> str:
             next_parameter += len(sql.key_columns)
         else:
             body = sql.upsert_clause(next_parameter)
-            next_parameter += len(sql.columns)
+            next_parameter += 1
         clauses.append(f"{what}_{table} AS ({body})")
     return "WITH " + ",\n".join(clauses) + "\n" + _WRITE_RESULT
 
@@ -226,13 +241,15 @@ SELECT account, max(id) AS head FROM events WHERE id > $1 GROUP BY account
 # Every account in the log (a loose index scan: one probe per account).
 ALL_ACCOUNTS = statements.ACCOUNTS_IN_LOG
 
-# Projection tables (as the search path finds them) that hold rows but that PostgreSQL has no statistics for: never
-# analyzed (new, or emptied by TRUNCATE; reltuples is -1 from PostgreSQL 14 on).
+# Projection tables (as the search path finds them) that hold rows but whose statistics are missing or far out of
+# date: never analyzed (new, or emptied by TRUNCATE; reltuples is -1 from PostgreSQL 14 on), or grown to more than
+# twice their size (in pages) at the last ANALYZE, plus $2 pages.
 UNANALYZED = """
-SELECT c.relname AS name, c.relfilenode AS file
+SELECT c.relname AS name, c.relfilenode AS file, c.relpages AS pages
 FROM unnest($1::text[]) AS t(name)
 JOIN pg_class AS c ON c.oid = to_regclass(t.name)
-WHERE c.reltuples < 0 AND pg_relation_size(c.oid) > 0
+CROSS JOIN LATERAL (SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint AS now_pages) AS size
+WHERE size.now_pages > 0 AND (c.reltuples < 0 OR size.now_pages > 2 * c.relpages + $2)
 """
 ANALYZE_TABLE = {name: f"ANALYZE {name}" for name in TABLES}
 """``ANALYZE`` of each projection table (the names are this module's constants; a utility statement takes no
@@ -294,6 +311,12 @@ async def read_batch(
 
 
 _NO_LIMIT = 2**63 - 1
+
+
+async def read_events(conn: asyncpg.Connection, account: str, *, after: int, limit: int) -> list[FoldEvent]:
+    """The next events of ``account`` after position ``after`` (at most ``limit``), without a checkpoint."""
+    page = await conn.fetchval(READ_EVENTS, account, after, limit)
+    return [] if page is None else parse_events(page)
 
 
 async def load(conn: asyncpg.Connection, account: str, wanted: Needs) -> AccountState:
@@ -381,24 +404,25 @@ def write_arguments(state: AccountState) -> tuple[frozenset[Write], list[list[An
         else:
             lookup = _held(state, table)
             values = [sql.values(lookup(key)) for key in sorted(changes.upserted[table])]
-            arguments.extend(_columns(values, len(sql.columns)))
+            arguments.append(values)
             count += len(values)
     return frozen, arguments, count
 
 
 async def commit_batch(
     conn: asyncpg.Connection, state: AccountState, checkpoint: Checkpoint, position: int, *, name: str = CHECKPOINT
-) -> int | None:
+) -> tuple[int, Checkpoint] | None:
     """Step 3: write what changed in ``state`` and move the checkpoint to ``position``, if it is still
-    ``checkpoint``. Returns the number of rows written or removed, or None if the checkpoint had moved (nothing is
-    written then)."""
+    ``checkpoint``. Returns the number of rows written or removed and the new checkpoint, or None if the checkpoint
+    had moved (nothing is written then)."""
     parts, arguments, count = write_arguments(state)
     sql = write_statement(parts)
     record = await conn.fetchrow(
         sql, state.account, name, position, checkpoint.position, checkpoint.updated_at, *arguments
     )
     assert record is not None
-    return count if record["moved"] else None
+    moved_at = record["moved_at"]
+    return None if moved_at is None else (count, Checkpoint(position, moved_at))
 
 
 # ------------------------------------------------------------------------------------------------ a step
@@ -419,6 +443,8 @@ class BatchResult:
     """The receive time of the first event of the batch (for lag in seconds)."""
     full: bool
     """The batch was as large as allowed: more events are probably waiting."""
+    checkpoint: Checkpoint
+    """The checkpoint after the batch (what the next batch's commit compares with)."""
 
 
 MAX_ATTEMPTS = 100
@@ -441,23 +467,36 @@ async def apply_batch(
     name: str = CHECKPOINT,
     up_to: int | None = None,
     before_commit: Callable[[], None] | None = None,
+    read: tuple[Checkpoint, list[FoldEvent]] | None = None,
+    read_ahead: Callable[[int], None] | None = None,
 ) -> BatchResult:
     """Apply the next events of ``account`` (at most ``limit``, none after ``up_to``): read, load, fold, commit.
 
+    ``read``: the checkpoint and the events after it, read already (a worker's read-ahead: the checkpoint its last
+    batch left, and :func:`read_events` after it); if the checkpoint has moved since, the batch is read again.
+    ``read_ahead`` is called with the last position of a full batch (more events are probably waiting) once it is
+    read, so that the caller can read the next batch's events while this one is folded and committed.
     ``before_commit`` runs after the fold, before the statement that commits the rows and the checkpoint (tests
     kill the projector there). ``conn`` must not be inside a transaction: the commit statement is its own.
     """
     for _ in range(MAX_ATTEMPTS):
-        checkpoint, events = await read_batch(conn, account, limit=limit, name=name, up_to=up_to)
+        if read is not None and read[1]:
+            (checkpoint, events), read = read, None
+        else:
+            checkpoint, events = await read_batch(conn, account, limit=limit, name=name, up_to=up_to)
         if not events:
-            return BatchResult(account, 0, 0, checkpoint.position, None, False)
+            return BatchResult(account, 0, 0, checkpoint.position, None, False, checkpoint)
+        last = events[-1].id
+        full = len(events) == limit
+        if full and read_ahead is not None:
+            read_ahead(last)
         state = fold(await load(conn, account, needs(events)), events)
         if before_commit is not None:
             before_commit()
-        last = events[-1].id
-        written = await commit_batch(conn, state, checkpoint, last, name=name)
-        if written is not None:
-            return BatchResult(account, len(events), written, last, events[0].received_at, len(events) == limit)
+        committed = await commit_batch(conn, state, checkpoint, last, name=name)
+        if committed is not None:
+            written, moved = committed
+            return BatchResult(account, len(events), written, last, events[0].received_at, full, moved)
     raise CheckpointRace(
         f"the checkpoint of account {account} moved under this projector {MAX_ATTEMPTS} times in a row: "
         "is another program projecting it without the projector's account lock?"
@@ -480,20 +519,26 @@ async def catch_up(conn: asyncpg.Connection, accounts: Sequence[str], *, limit: 
 
 
 class Statistics:
-    """Gives the planner statistics for projection tables that have rows but none yet.
+    """Gives the planner statistics for projection tables that have rows but none yet, or whose statistics are far
+    out of date.
 
     Without them, PostgreSQL plans the load step (:data:`LOAD`) as if each account had one row: it reads the
     account's rows through any index on ``account`` and tests each against the batch's ids, a cost that grows with
-    the table (20 ms a batch at 2,500 orders), and a cached plan keeps doing so until autovacuum's first ``ANALYZE``,
-    a minute or more into a catch-up. :meth:`refresh`, called after batches that wrote rows, analyzes such tables
-    itself, at most once a second, and each table file once (a role that does not own the tables gets a warning
-    from the server and leaves it to autovacuum)."""
+    the table (20 ms a batch at 2,500 orders), and a cached plan keeps doing so until autovacuum's next ``ANALYZE``,
+    a minute or more away. The same happens to tables analyzed while they were small (the first batches of a new
+    deployment write a few rows), as they grow. :meth:`refresh`, called after batches that wrote rows, analyzes such
+    tables itself, at most once a second: a table never analyzed, or grown to more than twice its size at its last
+    ``ANALYZE`` (and by :data:`GROWTH_PAGES` pages at least), so a table is analyzed a few times as it grows, each
+    time a cheap sample. A table whose statistics an ``ANALYZE`` did not change (a role that does not own the tables
+    gets a warning from the server) is left to autovacuum until they do."""
 
     INTERVAL_SECONDS = 1.0
+    GROWTH_PAGES = 16
+    """128 kB: a table is analyzed again once it has grown by this much, and doubled, since its last ANALYZE."""
 
     def __init__(self) -> None:
         self._checked = -self.INTERVAL_SECONDS
-        self._tried: set[tuple[str, int]] = set()
+        self._tried: set[tuple[str, int, int]] = set()
 
     async def refresh(self, conn: asyncpg.Connection) -> list[str]:
         """Analyze the tables that need it; the names of those analyzed."""
@@ -502,16 +547,16 @@ class Statistics:
             return []
         self._checked = now
         analyzed = []
-        for record in await conn.fetch(UNANALYZED, list(TABLES)):
-            name, file = record["name"], record["file"]
-            if (name, file) in self._tried or name not in TABLES:
+        for record in await conn.fetch(UNANALYZED, list(TABLES), self.GROWTH_PAGES):
+            name, tried = record["name"], (record["name"], record["file"], record["pages"])
+            if tried in self._tried or name not in TABLES:
                 continue
-            self._tried.add((name, file))
+            self._tried.add(tried)
             await conn.execute(ANALYZE_TABLE[name])
             analyzed.append(name)
         if analyzed:
-            logger.info("analyzed %s: the planner had no statistics for them", ", ".join(analyzed),
-                        extra={"action": "projections_analyzed"})  # fmt: skip
+            logger.info("analyzed %s: the planner had no statistics for them, or outdated ones",
+                        ", ".join(analyzed), extra={"action": "projections_analyzed"})  # fmt: skip
         return analyzed
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -39,6 +40,7 @@ from statekeeper.errors import DatabaseError
 from statekeeper.eventlog import CONNECTION_ERRORS, LogWaiter
 from statekeeper.logs import log_context
 from statekeeper.projections import store
+from statekeeper.projections.fold import FoldEvent
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ STATEMENTS: dict[str, str] = {
 }
 
 _ERRORS: tuple[type[BaseException], ...] = (DatabaseError, asyncpg.PostgresError, *CONNECTION_ERRORS)
+
+_READ_AHEAD_ERRORS: tuple[type[BaseException], ...] = (*_ERRORS, ValueError, KeyError)
 
 LAG_CHECK_SECONDS = 1.0
 """While an account has a backlog, how often its lag is counted in the database."""
@@ -141,6 +145,12 @@ class ProjectorWorker:
         self._locks: asyncpg.Connection | None = None
         self._applier: asyncpg.Connection | None = None
         """The connection batches are applied on: the worker's own (a pool's would cost a reset per batch)."""
+        self._reader: asyncpg.Connection | None = None
+        """The connection the next batch of a backlog is read on, while the applier folds and commits one."""
+        self._ahead: tuple[str, int, asyncio.Task[list[FoldEvent] | None]] | None = None
+        """The read-ahead under way, if any: (account, the position its events follow, the task reading them)."""
+        self._checkpoints: dict[str, store.Checkpoint] = {}
+        """Each held account's checkpoint as this worker's last batch left it."""
         self._pending: set[str] = set()
         self._lag_checked: dict[str, float] = {}
         self._lag_tasks: set[asyncio.Task[None]] = set()
@@ -241,6 +251,8 @@ class ProjectorWorker:
                 await connection.fetchval(RELEASE, account)
                 self.held.discard(account)
                 self._pending.discard(account)
+                self._checkpoints.pop(account, None)
+                self._drop_read_ahead(account)
                 logger.info("handing account %s to another worker", account,
                             extra={"action": "projector_released", "account": account})  # fmt: skip
         # An account whose last batch failed is tried again at each rebalance, new events or not.
@@ -269,17 +281,19 @@ class ProjectorWorker:
     async def _catch_up(self) -> None:
         """Apply every pending account's events, one batch per account in turn, until none is pending."""
         while self._pending and not self.stop.is_set():
-            for account in sorted(self._pending):
+            turn = sorted(self._pending)
+            for index, account in enumerate(turn):
                 if self.stop.is_set():
                     return
                 if account not in self.held:
                     self._pending.discard(account)
                     continue
-                if not await self._step(account):
+                if not await self._step(account, following=turn[(index + 1) % len(turn)]):
                     self._pending.discard(account)
 
-    async def _step(self, account: str) -> bool:
-        """One batch of one account; True if more events are waiting.
+    async def _step(self, account: str, *, following: str | None = None) -> bool:
+        """One batch of one account; True if more events are waiting. ``following``: the account whose batch comes
+        next (its events are read meanwhile).
 
         A batch that fails for any reason but a lost connection is rolled back and tried again when the account's
         next events arrive, and at each rebalance; the account waits meanwhile (its lag shows it, and ``failing``
@@ -289,8 +303,14 @@ class ProjectorWorker:
         with log_context(account=account):
             try:
                 if self._applier is None or self._applier.is_closed():
-                    self._applier = await connect(self.url)
-                result = await store.apply_batch(self._applier, account, limit=self.settings.batch_size)
+                    self._applier = await store.connect_applier(self.url)
+                read = await self._read_ahead_of(account)
+                if following not in (None, account) and following in self._checkpoints:
+                    self._read_ahead(following, self._checkpoints[following].position)
+                result = await store.apply_batch(
+                    self._applier, account, limit=self.settings.batch_size, read=read,
+                    read_ahead=functools.partial(self._read_ahead, account) if following == account else None,
+                )  # fmt: skip
             except (asyncpg.PostgresConnectionError, *CONNECTION_ERRORS):
                 raise
             except Exception as exc:
@@ -302,6 +322,7 @@ class ProjectorWorker:
                 return False
         self.failing.pop(account, None)
         self._applied[account] = result.position
+        self._checkpoints[account] = result.checkpoint
         if result.rows:
             try:
                 await self._statistics.refresh(self._applier)
@@ -312,6 +333,50 @@ class ProjectorWorker:
                                extra={"action": "projections_analyze_failed"})  # fmt: skip
         self._observe(result, time.perf_counter() - started)
         return result.full
+
+    # A backlog is applied batch after batch, and each batch's read (the server's work, then the parsing of its
+    # events here) would wait for the previous batch's fold and commit. So the next batch's events are read on a
+    # second connection meanwhile: the next pending account's, after the checkpoint this worker's last batch of it
+    # left, or, when one account is pending, the events after its batch under way if that batch is full. The next
+    # batch starts from them and that checkpoint; its commit compares with the checkpoint, so a checkpoint moved by
+    # anything else meanwhile only means the batch is read again. One read-ahead at a time.
+
+    def _read_ahead(self, account: str, after: int) -> None:
+        if self._ahead is not None or self.stop.is_set():
+            return
+        task = asyncio.get_running_loop().create_task(self._read_events(account, after))
+        self._ahead = (account, after, task)
+
+    async def _read_events(self, account: str, after: int) -> list[FoldEvent] | None:
+        try:
+            if self._reader is None or self._reader.is_closed():
+                self._reader = await store.connect_applier(self.url)
+            return await store.read_events(self._reader, account, after=after, limit=self.settings.batch_size)
+        except _READ_AHEAD_ERRORS as exc:  # the applier reads the batch instead; a fault shows there
+            logger.debug("reading ahead for account %s failed: %s", account, exc,
+                         extra={"action": "projector_read_ahead_failed", "account": account})  # fmt: skip
+            if self._reader is not None and not isinstance(exc, asyncpg.PostgresError):
+                self._reader.terminate()
+                self._reader = None
+            return None
+
+    async def _read_ahead_of(self, account: str) -> tuple[store.Checkpoint, list[FoldEvent]] | None:
+        """The events read ahead for ``account``, with its checkpoint, if they follow it."""
+        if self._ahead is None or self._ahead[0] != account:
+            return None
+        _, after, task = self._ahead
+        self._ahead = None
+        events = await task
+        checkpoint = self._checkpoints.get(account)
+        if not events or checkpoint is None or checkpoint.position != after:
+            return None
+        return checkpoint, events
+
+    def _drop_read_ahead(self, account: str | None = None) -> None:
+        """Forget the read-ahead (of ``account``, or whichever)."""
+        if self._ahead is not None and account in (None, self._ahead[0]):
+            self._ahead[2].cancel()
+            self._ahead = None
 
     def _observe(self, result: store.BatchResult, seconds: float) -> None:
         if self.metrics is None or result.events == 0:
@@ -353,22 +418,29 @@ class ProjectorWorker:
         self.error = str(exc)
         logger.warning("projector %s lost the database (%s); its accounts are taken again when it is back",
                        self.name, exc, extra={"action": "projector_database_lost"})  # fmt: skip
-        for connection in (self._locks, self._applier):
+        self._drop_read_ahead()
+        for connection in (self._locks, self._applier, self._reader):
             if connection is not None:
                 connection.terminate()
-        self._locks = self._applier = None
+        self._locks = self._applier = self._reader = None
         self.held.clear()
         self._pending.clear()
+        self._checkpoints.clear()
 
     async def _close(self) -> None:
         for task in list(self._lag_tasks):
             task.cancel()
-        for connection in (self._applier, self._locks):
+        if self._ahead is not None:
+            reading = self._ahead[2]
+            self._drop_read_ahead()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+        for connection in (self._applier, self._reader, self._locks):
             if connection is None:
                 continue
             try:
                 await connection.close(timeout=5)
             except _ERRORS:
                 connection.terminate()
-        self._locks = self._applier = None
+        self._locks = self._applier = self._reader = None
         self.held.clear()
