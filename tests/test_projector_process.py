@@ -222,13 +222,14 @@ async def test_the_child_applies_what_it_is_poked_for_stops_when_its_input_ends_
             child.kill()
         await child.wait()
 
-    alone = await asyncio.create_subprocess_exec(
-        *ProjectorProcess.command, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(30):
-        _, err = await alone.communicate()
-    assert alone.returncode == 2
-    assert b"started by `statekeeper run`" in err
+    for given in (b"", b"not json\n"):  # no handoff, or one that is not JSON: a clear error, no traceback
+        alone = await asyncio.create_subprocess_exec(
+            *ProjectorProcess.command, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        async with asyncio.timeout(30):
+            _, err = await alone.communicate(given)
+        assert alone.returncode == 2, err
+        assert b"started by `statekeeper run`" in err and b"Traceback" not in err, err
 
 
 async def test_separate_process_false_keeps_the_workers_in_the_daemon(database_url: str) -> None:

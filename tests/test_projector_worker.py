@@ -273,6 +273,8 @@ async def test_a_batch_read_ahead_starts_from_its_checkpoint_or_is_read_again(
         # The same read-ahead again: its checkpoint has moved (the second batch), so the batch is read again.
         third = await store.apply_batch(conn, "ahead", limit=50, read=(first.checkpoint, events))
         assert (third.events, third.full) == (20, False)
+        with pytest.raises(ValueError, match="up_to"):
+            await store.apply_batch(conn, "ahead", limit=50, read=(third.checkpoint, events), up_to=third.position)
         assert await store.read_tables(conn, "ahead") == await pure_tables(log, "ahead"), "each event applied once"
 
 

@@ -191,10 +191,11 @@ class Daemon:
                     group.create_task(self._grace(), name="grace")
                     _keep_out_of_full_collections()
                     self.started.set()
+                    ingested = f"{len(self.accounts)} accounts ingested, " if self.ingest else ""
                     logger.info(
-                        "%s: %d accounts ingested, %d projector workers%s; health and metrics on http://%s:%s/",
-                        self._name, len(self.accounts), self.workers,
-                        " in a child process" if self.projector_process else "", options.metrics_host, self.port,
+                        "%s: %s%d projector workers%s; health and metrics on http://%s:%s/",
+                        self._name, ingested, self.workers, " in a child process" if self.projector_process else "",
+                        options.metrics_host, self.port,
                         extra={"action": "projector_process_started" if self.child else "daemon_started"},
                     )  # fmt: skip
                     await self.stop.wait()

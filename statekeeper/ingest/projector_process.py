@@ -272,7 +272,10 @@ async def _watch(daemon: Daemon, stdin: asyncio.StreamReader) -> None:
 
 def main() -> int:
     """The child: read the handoff, run; the exit code is that ``statekeeper project`` would have."""
-    data = orjson.loads(sys.stdin.buffer.readline() or b"null")
+    try:
+        data = orjson.loads(sys.stdin.buffer.readline() or b"null")
+    except orjson.JSONDecodeError:
+        data = None
     if not isinstance(data, dict):
         sys.stderr.write(f"the {NAME} is started by `statekeeper run`, with its settings on stdin\n")
         return 2

@@ -474,11 +474,14 @@ async def apply_batch(
 
     ``read``: the checkpoint and the events after it, read already (a worker's read-ahead: the checkpoint its last
     batch left, and :func:`read_events` after it); if the checkpoint has moved since, the batch is read again.
+    Not with ``up_to`` (the events read ahead know no limit).
     ``read_ahead`` is called with the last position of a full batch (more events are probably waiting) once it is
     read, so that the caller can read the next batch's events while this one is folded and committed.
     ``before_commit`` runs after the fold, before the statement that commits the rows and the checkpoint (tests
     kill the projector there). ``conn`` must not be inside a transaction: the commit statement is its own.
     """
+    if read is not None and up_to is not None:
+        raise ValueError("apply_batch: events read ahead cannot be limited by up_to")
     for _ in range(MAX_ATTEMPTS):
         if read is not None and read[1]:
             (checkpoint, events), read = read, None

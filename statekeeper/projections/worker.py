@@ -355,8 +355,8 @@ class ProjectorWorker:
         except _READ_AHEAD_ERRORS as exc:  # the applier reads the batch instead; a fault shows there
             logger.debug("reading ahead for account %s failed: %s", account, exc,
                          extra={"action": "projector_read_ahead_failed", "account": account})  # fmt: skip
-            if self._reader is not None and not isinstance(exc, asyncpg.PostgresError):
-                self._reader.terminate()
+            if self._reader is not None and not isinstance(exc, (asyncpg.PostgresError, ValueError, KeyError)):
+                self._reader.terminate()  # a connection fault: in whatever state it left the connection
                 self._reader = None
             return None
 
