@@ -514,6 +514,17 @@ def test_shapes_seen_in_third_party_captures() -> None:
     assert (taker.record.is_taker, taker.record.client_order_id, taker.record.realized_pnl) == (True, None, None)
 
 
+def test_an_unwind_transfer_has_one_fill_type_on_the_stream_and_over_rest() -> None:
+    """The REST enum names UNWIND_TRANSFER "TRANSFER" (protocols/README 2.5): one fill, one key (id, fill_type)."""
+    streamed = parsed(notification(FILLS, fill_type="UNWIND_TRANSFER"))
+    assert isinstance(streamed.body, FillBody)
+    answer = json.loads(fixture_text("rest_fills.schema_example.json"))
+    answer["results"] = [dict(answer["results"][0], fill_type="TRANSFER")]
+    (fetched,) = parse.parse_fills(json.dumps(answer).encode()).items
+    assert streamed.body.fills[0].fill_type == fetched.record.fill_type == "UNWIND_TRANSFER"
+    assert '"TRANSFER"' in fetched.raw  # the venue's own word stays in the raw message
+
+
 # -------------------------------------------------------------------------------------------- rejections
 
 

@@ -499,6 +499,32 @@ def test_resolved_order_still_working_leaves_closed_unconfirmed() -> None:
     assert (statuses(state), state.open_orders) == ({"o1": "CLOSED"}, set())
 
 
+def test_rest_seq_no_is_never_compared_with_the_streams() -> None:
+    """Paradex: "WebSocket and REST responses use independently generated seq_no" (protocols/README 2.6)."""
+    ws = 1681471234972000000
+    log = Log("paradex").add(orders(order("o1", "OPEN", 1, seq=ws)), t=1)
+    log.add(orders(), t=5, received=4, snapshot=True, source=Source.REST)
+    # The resolver's answer carries a REST seq_no far below the stream's: time decides, and the final state lands.
+    state = log.add(orders(order("o1", "CLOSED", 3, seq=42)), t=6, source=Source.REST).fold()
+    assert (statuses(state), state.orders["o1"].venue_seq) == ({"o1": "CLOSED"}, None)
+    # A stale REST listing with a REST seq_no far above the stream's does not reopen an order closed since.
+    log = (
+        Log("paradex")
+        .add(orders(order("o2", "OPEN", 1, seq=100)), t=1)
+        .add(orders(order("o2", "CLOSED", 6, seq=101)), t=6)
+    )
+    state = log.add(orders(order("o2", "OPEN", 2, seq=ws)), t=8, received=5, snapshot=True, source=Source.REST).fold()
+    assert (statuses(state), state.open_orders) == ({"o2": "CLOSED"}, set())
+    # A REST answer that restates the stream's state changes nothing: the row keeps the stream's number.
+    log = Log("paradex").add(positions(position("ETH-USD", "1", 3, seq=ws)), t=3)
+    state = log.add(positions(position("ETH-USD", "1", 3, seq=7)), t=4, source=Source.REST, snapshot=True).fold()
+    assert (state.positions["ETH-USD"].venue_seq, state.positions["ETH-USD"].event_id) == (ws, 1)
+    # After a state that came over REST, the stream's next update applies whatever its number.
+    state = log.add(positions(position("ETH-USD", "2", 5, seq=ws + 10**6)), t=5, source=Source.REST).fold()
+    state = log.add(positions(position("ETH-USD", "3", 6, seq=ws + 1)), t=6).fold()
+    assert (state.positions["ETH-USD"].size, state.positions["ETH-USD"].venue_seq) == (Decimal(3), ws + 1)
+
+
 def test_closed_position_moves_to_closed_positions() -> None:
     log = Log().add(positions(position("BTC-USD", "1", 1)), t=1)
     state = log.add(positions(position("BTC-USD", "0", 5)), t=5).fold()

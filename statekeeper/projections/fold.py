@@ -19,12 +19,14 @@ log (DESIGN.md invariant 4). One fold per projection:
 * **account_margins**: the account-level figures (Paradex ``account``).
 
 Order of updates: an update older than the row it would replace never overwrites it. Older means a lower venue
-update number (Paradex ``seq_no``) where both have one, otherwise an earlier venue time; between two updates of
-the same version, for orders a terminal state wins (but not over ``closed_unconfirmed``, only a guess: the venue's
-answer replaces it), and otherwise (and always for positions) the later message in the log. An open order or position a
-snapshot does not list is removed only if the row is not newer than the snapshot itself (a REST snapshot's time is
-when its request was sent, a stream snapshot's the venue's time), so a stream update that overtook a slower REST
-snapshot survives it.
+update number (Paradex ``seq_no``) where both have one, otherwise an earlier venue time. Only the stream's update
+numbers count: Paradex numbers its REST answers independently of its WebSocket messages (protocols/README 2.6), so
+a row whose state came over REST has no ``venue_seq`` (the REST number stays in the event's raw message). Between
+two updates of the same version, for orders a terminal state wins (but not over ``closed_unconfirmed``, only a
+guess: the venue's answer replaces it), and otherwise (and always for positions) the later message in the log. An
+open order or position a snapshot does not list is removed only if the row is not newer than the snapshot itself
+(a REST snapshot's time is when its request was sent, a stream snapshot's the venue's time), so a stream update
+that overtook a slower REST snapshot survives it.
 
 :class:`AccountState` may hold only part of an account's rows: the SQL projector loads what a batch will touch
 (:func:`needs`) and writes back what changed (:attr:`AccountState.changes`).
@@ -37,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -57,6 +59,8 @@ from statekeeper.projections.rows import (
     same_state,
 )
 
+R = TypeVar("R", AccountRow, OrderRow, PositionRow)
+
 _decode_balance = decoder(BalanceRow)
 _decode_margins = decoder(AccountRow)
 _decode_order = decoder(OrderRow)
@@ -65,6 +69,7 @@ _decode_fill = decoder(FillRow)
 _decode_bust = decoder(FillBustRow)
 _decode_payment = decoder(FundingRow)
 
+_STREAM = Source.STREAM.value
 _REQUESTED = frozenset({Source.REST.value, Source.RECONCILIATION.value})
 """Sources whose snapshots are REST answers: ``received_at`` is when the request was sent."""
 
@@ -208,6 +213,23 @@ class AccountState:
 # ------------------------------------------------------------------------------------------ ordering
 
 
+def _versioned(row: R, event: FoldEvent) -> R:
+    """``row`` with the venue's update number only if it came on the stream (see the module's docstring)."""
+    if event.source != _STREAM:
+        row.venue_seq = None
+    return row
+
+
+def _unchanged(new: R, current: R) -> bool:
+    """Whether ``new`` says what ``current`` says: the same state, also when ``new`` came over REST (no update
+    number) and ``current`` is the stream's report of that state (kept, with its number)."""
+    if new.venue_seq is None and current.venue_seq is not None:
+        if new.updated_at != current.updated_at:
+            return False
+        new = dataclasses.replace(new, venue_seq=current.venue_seq)
+    return same_state(new, current)
+
+
 def _is_newer(new: Any, current: Any, *, new_final: bool, current_final: bool) -> bool:
     """Whether ``new`` may replace ``current`` (both have ``updated_at`` and ``venue_seq``)."""
     if new.venue_seq is not None and current.venue_seq is not None and new.venue_seq != current.venue_seq:
@@ -239,11 +261,11 @@ def fold_balances(state: AccountState, event: FoldEvent) -> None:
 
 def fold_margins(state: AccountState, event: FoldEvent) -> None:
     item = event.payload["summary"]
-    row = _decode_margins(item, state.account, event.venue, event.id)
+    row = _versioned(_decode_margins(item, state.account, event.venue, event.id), event)
     row.updated_at = _time_or(row, event.venue_time)
     current = state.margins
     if current is not None and (
-        not _is_newer(row, current, new_final=False, current_final=False) or same_state(row, current)
+        not _is_newer(row, current, new_final=False, current_final=False) or _unchanged(row, current)
     ):
         return
     state.margins = row
@@ -257,7 +279,7 @@ def _apply_order(state: AccountState, row: OrderRow) -> None:
         # replaces it (the order was working after all), where a venue's terminal state would win the tie.
         guessed = current.status == CLOSED_UNCONFIRMED
         final = not current.is_open and not guessed
-        if not _is_newer(row, current, new_final=not row.is_open, current_final=final) or same_state(row, current):
+        if not _is_newer(row, current, new_final=not row.is_open, current_final=final) or _unchanged(row, current):
             return
     state._put_order(row)
 
@@ -265,7 +287,7 @@ def _apply_order(state: AccountState, row: OrderRow) -> None:
 def fold_orders(state: AccountState, event: FoldEvent) -> None:
     items = event.payload["orders"]
     for item in items:
-        _apply_order(state, _decode_order(item, state.account, event.venue, event.id))
+        _apply_order(state, _versioned(_decode_order(item, state.account, event.venue, event.id), event))
     if not event.snapshot:
         return
     listed = {item["order_id"] for item in items}
@@ -282,7 +304,7 @@ def _apply_position(state: AccountState, row: PositionRow) -> None:
     # Between two reports of the same version the later one wins: a close inferred from a snapshot is not more
     # final than the venue's next report of the position.
     if current is not None and (
-        not _is_newer(row, current, new_final=False, current_final=False) or same_state(row, current)
+        not _is_newer(row, current, new_final=False, current_final=False) or _unchanged(row, current)
     ):
         return
     state._put_position(row)
@@ -291,7 +313,7 @@ def _apply_position(state: AccountState, row: PositionRow) -> None:
 def fold_positions(state: AccountState, event: FoldEvent) -> None:
     items = event.payload["positions"]
     for item in items:
-        _apply_position(state, _decode_position(item, state.account, event.venue, event.id))
+        _apply_position(state, _versioned(_decode_position(item, state.account, event.venue, event.id), event))
     if not event.snapshot:
         return
     listed = {item["market"] for item in items}

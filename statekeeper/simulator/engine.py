@@ -231,6 +231,8 @@ class SimAccount:
     closed_positions: list[ClosedPosition] = field(default_factory=list)
     balance_updated_ms: int = 0
     seq_no: int = 0
+    summary_seq_no: int = 0
+    """The ``seq_no`` of the account summary's last update (``seq_no`` moves with orders and positions too)."""
 
     def next_seq_no(self, now_ms: int) -> int:
         # Paradex seq_no: increasing, not contiguous, nanosecond-like (README 2.6)
@@ -538,7 +540,8 @@ class Engine:
 
     def _change(self, account: SimAccount, kind: ChangeKind, payload: object) -> Change:
         if kind is ChangeKind.BALANCE:  # a new account update: a new seq_no
-            return Change(account.name, kind, account, self.now_ms, account.next_seq_no(self.now_ms))
+            account.summary_seq_no = account.next_seq_no(self.now_ms)
+            return Change(account.name, kind, account, self.now_ms, account.summary_seq_no)
         if isinstance(payload, SimOrder | SimPosition):
             return Change(account.name, kind, payload, self.now_ms, payload.seq_no)
         return Change(account.name, kind, payload, self.now_ms)  # type: ignore[arg-type]
@@ -613,7 +616,7 @@ class Engine:
             settlement_asset=self.config.collateral,
             status="ACTIVE",
             updated_at=ms_to_datetime(account.balance_updated_ms),
-            venue_seq=account.seq_no,
+            venue_seq=account.summary_seq_no,
         )
 
     # ------------------------------------------------------------------------------------------ truth

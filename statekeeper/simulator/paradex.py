@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import time
 from typing import Any
 
@@ -50,6 +51,16 @@ def _address(account: SimAccount) -> str:
 class ParadexServer(VenueServer):
     venue = "paradex"
     default_ping_interval = 55.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rest_seq = itertools.count(1)
+
+    def as_rest(self, item: dict[str, Any]) -> dict[str, Any]:
+        """An order, position or account as a REST answer gives it: "WebSocket and REST responses use
+        independently generated seq_no per event" (protocols/README 2.6), so REST numbers its own, from 1."""
+        item["seq_no"] = next(self._rest_seq)
+        return item
 
     # ------------------------------------------------------------------------------------------ render
 
@@ -158,7 +169,7 @@ class ParadexServer(VenueServer):
             "total_collateral": s(summary.total_collateral),
             "settlement_asset": "USDC",
             "status": "ACTIVE",
-            "seq_no": account.seq_no if seq_no is None else seq_no,
+            "seq_no": account.summary_seq_no if seq_no is None else seq_no,
             "updated_at": int(summary.updated_at.timestamp() * 1000),
         }
 
@@ -406,24 +417,26 @@ class ParadexServer(VenueServer):
         }]})  # fmt: skip
 
     async def get_positions(self, request: web.Request, account: SimAccount) -> web.Response:
-        results = [self.position_json(account, p) for p in account.positions.values() if p.size != 0]
+        results = [self.as_rest(self.position_json(account, p)) for p in account.positions.values() if p.size != 0]
         return self.json({"results": results})
 
     async def get_open_orders(self, request: web.Request, account: SimAccount) -> web.Response:
         market = request.query.get("market")
-        results = [self.order_json(account, o) for o in account.open_orders() if market in (None, o.market)]
+        results = [
+            self.as_rest(self.order_json(account, o)) for o in account.open_orders() if market in (None, o.market)
+        ]
         return self.json({"results": sorted(results, key=lambda o: int(o["id"]), reverse=True)})
 
     async def get_order(self, request: web.Request, account: SimAccount) -> web.Response:
         order = self.order_of(request, account)
         if order is None:
             return self.error(404, "ORDER_NOT_FOUND", "order not found")
-        return self.json(self.order_json(account, order))
+        return self.json(self.as_rest(self.order_json(account, order)))
 
     async def get_orders_history(self, request: web.Request, account: SimAccount) -> web.Response:
         market = request.query.get("market")
-        keyed = [(o.updated_ms, o.order_id, self.order_json(account, o)) for o in account.orders.values()
-                 if not o.is_open and market in (None, o.market)]  # fmt: skip
+        keyed = [(o.updated_ms, o.order_id, self.as_rest(self.order_json(account, o)))
+                 for o in account.orders.values() if not o.is_open and market in (None, o.market)]  # fmt: skip
         return self.page(request, keyed)
 
     async def get_fills(self, request: web.Request, account: SimAccount) -> web.Response:
@@ -441,7 +454,7 @@ class ParadexServer(VenueServer):
         return self.page(request, keyed)
 
     async def get_account(self, request: web.Request, account: SimAccount) -> web.Response:
-        return self.json(self.account_json(account))
+        return self.json(self.as_rest(self.account_json(account)))
 
     async def get_transfers(self, request: web.Request, account: SimAccount) -> web.Response:
         keyed = [(t.updated_ms, t.transfer_id, self.transfer_json(account, t)) for t in account.transfers]

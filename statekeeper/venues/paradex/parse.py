@@ -25,6 +25,8 @@ Decisions, with where they come from (``protocols/README.md`` section 2 unless s
 * **venue_time** of a notification is the entity's ``last_updated_at`` (orders, positions, transfers),
   ``updated_at`` (account) or ``created_at`` (fills, balance events, funding, tradebusts); transactions use
   ``completed_at`` once set, else ``created_at``.
+* **Fill types.** The REST enum calls ``UNWIND_TRANSFER`` ``TRANSFER`` (section 2.5): the canonical fill type is
+  the stream's name, so the same fill from the stream and from a REST backfill has one key ``(id, fill_type)``.
 * **Orders.** ``filled_qty`` is ``size - remaining_size``, computed exactly (no decimal context rounding).
   ``price`` ``"0"`` of a market-type order, ``trigger_price`` ``"0"`` and ``avg_fill_price`` ``""``/``"0"``
   mean "none". ``instruction`` is kept as ``time_in_force``; POST_ONLY sets ``post_only``; the REDUCE_ONLY
@@ -370,11 +372,20 @@ def order_record(data: Mapping[str, Any], where: str) -> Order:
     )
 
 
+FILL_TYPE_ALIASES: Final = {"TRANSFER": "UNWIND_TRANSFER"}
+"""The REST enum's names for the stream's fill types: one fill, whichever way it came, is one row."""
+
+
+def _fill_type(data: Mapping[str, Any], where: str) -> str:
+    fill_type = _text(data, "fill_type", where)
+    return FILL_TYPE_ALIASES.get(fill_type, fill_type)
+
+
 def fill_record(data: Mapping[str, Any], where: str) -> Fill:
     """A ``FillResult`` (``fills.*`` and ``/fills``)."""
     return Fill(
         fill_id=_id(data, "id", where),
-        fill_type=_text(data, "fill_type", where),
+        fill_type=_fill_type(data, where),
         order_id=_opt_id(data, "order_id", where),
         client_order_id=_opt_text(data, "client_id", where),
         market=_text(data, "market", where),
