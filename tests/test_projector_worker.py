@@ -7,15 +7,17 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from statekeeper import statements
 from statekeeper.cli import app
 from statekeeper.config import ProjectorSettings
 from statekeeper.database import connect
@@ -346,6 +348,47 @@ async def test_batches_are_applied_with_generic_plans(database_url: str, log: Po
         await conn.close()
     assert len(plans) == 2, plans
     assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 40 for p in plans), plans
+
+
+async def test_an_accounts_events_are_read_from_its_range_of_the_primary_key(
+    database_url: str, log: PostgresEventLog
+) -> None:
+    # On a log that interleaves accounts, a page of one account's events must come from the primary key (account,
+    # id), not from ix_events_id (every account in log order) filtered on the account, which reads the other
+    # accounts' events in between (statekeeper.statements.ACCOUNT_AFTER).
+    accounts = [f"mix-{i}" for i in range(8)]
+    streams = {account: activity(account, 150, seed=7) for account in accounts}
+    for start in range(0, 150, 5):
+        await log.append([event for account in accounts for event in streams[account][start : start + 5]])
+    conn = await store.connect_applier(database_url)
+    try:
+        await conn.execute("ANALYZE events")
+        await conn.execute(store.ENSURE_CHECKPOINT, "mix-3", "projections")
+        reads = {
+            "read_batch": (store.READ_BATCH, "'mix-3', 'projections', 40, 9223372036854775807"),
+            "read_events": (store.READ_EVENTS, "'mix-3', 0, 40"),
+            "replay_page": (
+                statements.REPLAY_PAGE,
+                "'mix-3', 0, 9223372036854775807, NULL, 'venue', '{order,fill,balance,position}', 40",
+            ),
+            "chain_page": (statements.CHAIN_PAGE, "'mix-3', 0, 40"),
+        }
+        for name, (sql, arguments) in reads.items():
+            await conn.execute(f"PREPARE {name} AS {sql}")
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}({arguments})")
+            scans = [node for node in plan_nodes(plan[0]["Plan"]) if node.get("Relation Name") == "events"]
+            assert [(s.get("Index Name"), s.get("Rows Removed by Filter", 0)) for s in scans] == [("pk_events", 0)], (
+                name,
+                scans,
+            )
+    finally:
+        await conn.close()
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from plan_nodes(child)
 
 
 async def test_workers_give_the_planner_statistics_for_the_tables_they_fill(

@@ -119,8 +119,8 @@ LEFT JOIN LATERAL (
     FROM (
         SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
         FROM events
-        WHERE events.account = c.account AND events.id > c.position AND events.id <= $4
-        ORDER BY id
+        WHERE {statements.ACCOUNT_AFTER.format(position="c.position")} AND (account, id) <= ($1, $4)
+        ORDER BY {statements.ACCOUNT_ORDER}
         LIMIT $3
     ) AS e
 ) AS page ON true
@@ -134,8 +134,8 @@ SELECT string_agg({statements.EVENT_LINE}, E'\\n' ORDER BY id) AS events
 FROM (
     SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
     FROM events
-    WHERE account = $1 AND id > $2
-    ORDER BY id
+    WHERE {statements.ACCOUNT_AFTER.format(position="$2")}
+    ORDER BY {statements.ACCOUNT_ORDER}
     LIMIT $3
 ) AS e
 """  # noqa: S608 - the interpolated text is a constant expression
