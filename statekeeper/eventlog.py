@@ -441,6 +441,11 @@ class LogWaiter:
     def clear(self) -> None:
         self._event.clear()
 
+    @property
+    def notified(self) -> bool:
+        """Whether a notification came (or listening began) since the last :meth:`clear`."""
+        return self._event.is_set()
+
     async def wait(self) -> bool:
         """Wait for a notification or the poll interval. Returns True if woken by a notification."""
         await self._ensure_listening()

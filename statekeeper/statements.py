@@ -215,8 +215,8 @@ REPLAY_LINE = "concat_ws(E'\\t', id, venue, kind, snapshot, source, venue_time, 
 # few new events cost a walk through everything logged since its last one (70,000 rows for 10 events, 31 ms
 # instead of 0.2). So the condition names the account as a range (not an equality, which would let the planner
 # drop it from the order), the position by a row comparison (which only (account, id) can take as an index
-# condition), and the order is (account, id): only the primary key gives it without a sort. $1 is the account.
-ACCOUNT_AFTER = "account >= $1 AND account <= $1 AND (account, id) > ($1, {position})"
+# condition), and the order is (account, id): only the primary key gives it without a sort.
+ACCOUNT_AFTER = "account >= {account} AND account <= {account} AND (account, id) > ({account}, {position})"
 ACCOUNT_ORDER = "account, id"
 
 # Replay reads one account's events in pages of consecutive positions (see docs/audit.md). Only the kinds the
@@ -226,7 +226,7 @@ SELECT string_agg({REPLAY_LINE}, E'\\n' ORDER BY id) AS page, max(id) AS last, c
 FROM (
     SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
     FROM events
-    WHERE {ACCOUNT_AFTER.format(position="$2")} AND (account, id) <= ($1, $3) AND kind = ANY($6::text[])
+    WHERE {ACCOUNT_AFTER.format(account="$1", position="$2")} AND (account, id) <= ($1, $3) AND kind = ANY($6::text[])
       AND ($4::timestamptz IS NULL OR (CASE WHEN $5::text = 'received' THEN received_at ELSE venue_time END) <= $4)
     ORDER BY {ACCOUNT_ORDER}
     LIMIT $7
@@ -258,7 +258,7 @@ CHAIN_PAGE = f"""
 SELECT id, account, venue, session, seq, event_key, kind, snapshot, source, venue_time, received_at, payload, raw,
        content_hash, chain_hash
 FROM events
-WHERE {ACCOUNT_AFTER.format(position="$2")}
+WHERE {ACCOUNT_AFTER.format(account="$1", position="$2")}
 ORDER BY {ACCOUNT_ORDER}
 LIMIT $3
 """  # noqa: S608 - the interpolated text is a constant condition

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import settings
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from statekeeper.database import create_pool
+from statekeeper.database import connect, create_pool
 from statekeeper.embedded import EmbeddedPostgres
 from statekeeper.eventlog import PostgresEventLog
 from statekeeper.migrations import upgrade
@@ -129,3 +129,30 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def log(pool: asyncpg.Pool) -> PostgresEventLog:
     return PostgresEventLog(pool)
+
+
+def login_url(database_url: str, user: str) -> str:
+    parts = urlsplit(database_url)
+    host = parts.netloc.split("@", 1)[1]
+    return parts._replace(netloc=f"{quote(user, safe='')}@{host}").geturl()
+
+
+@pytest.fixture
+async def login_as(database_url: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``await login_as(*group_roles)``: the URL of a new login role that is a member of those roles only."""
+    created: list[str] = []
+    owner = await connect(database_url)
+
+    async def make(*groups: str) -> str:
+        name = f"sk_login_{uuid4().hex[:10]}"
+        # names from this module's constants and a uuid: never input
+        await owner.execute(f"CREATE ROLE {name} LOGIN IN ROLE {', '.join(groups)}")
+        created.append(name)
+        return login_url(database_url, name)
+
+    try:
+        yield make
+    finally:
+        for name in created:
+            await owner.execute(f"DROP ROLE {name}")
+        await owner.close()

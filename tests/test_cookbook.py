@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
 from uuid import uuid4
 
 import asyncpg
@@ -28,7 +27,7 @@ import pytest
 from statekeeper.database import connect
 from statekeeper.projections import store
 from statekeeper.simulator import FaultKind, Simulator, SimulatorConfig
-from tests.conftest import PgServer
+from tests.conftest import PgServer, login_url
 from tests.ingest_support import running_daemon, settings_for, wait_until
 
 COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"
@@ -138,11 +137,6 @@ class Demo:
         return [r for r in self.tables[table] if all(r[k] == v for k, v in where.items())]
 
 
-def _login_url(database_url: str, user: str) -> str:
-    parts = urlsplit(database_url)
-    return parts._replace(netloc=f"{quote(user, safe='')}@{parts.netloc.split('@', 1)[1]}").geturl()
-
-
 async def _snapshot(url: str) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
     conn = await connect(url)
     try:
@@ -177,7 +171,7 @@ def demo(pg_server: PgServer, template_db: str) -> Iterator[Demo]:
         asyncio.run(manage("CREATE ROLE {login} LOGIN IN ROLE {role}"))
         tables, events = asyncio.run(_snapshot(url))
         try:
-            yield Demo(url, {role: _login_url(url, login) for role, login in logins.items()}, tables, events,
+            yield Demo(url, {role: login_url(url, login) for role, login in logins.items()}, tables, events,
                        datetime.now(UTC))  # fmt: skip
         finally:
             asyncio.run(manage("DROP ROLE {login}"))

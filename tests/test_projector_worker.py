@@ -21,6 +21,7 @@ from statekeeper import statements
 from statekeeper.cli import app
 from statekeeper.config import ProjectorSettings
 from statekeeper.database import connect
+from statekeeper.errors import DatabaseError
 from statekeeper.eventlog import PostgresEventLog
 from statekeeper.events import (
     Balance,
@@ -372,15 +373,15 @@ async def test_an_accounts_events_are_read_from_its_range_of_the_primary_key(
                 "'mix-3', 0, 9223372036854775807, NULL, 'venue', '{order,fill,balance,position}', 40",
             ),
             "chain_page": (statements.CHAIN_PAGE, "'mix-3', 0, 40"),
+            "lag": (store.LAG, "'{mix-3}', 'projections'"),
         }
         for name, (sql, arguments) in reads.items():
             await conn.execute(f"PREPARE {name} AS {sql}")
             plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}({arguments})")
-            scans = [node for node in plan_nodes(plan[0]["Plan"]) if node.get("Relation Name") == "events"]
-            assert [(s.get("Index Name"), s.get("Rows Removed by Filter", 0)) for s in scans] == [("pk_events", 0)], (
-                name,
-                scans,
-            )
+            nodes = list(plan_nodes(plan[0]["Plan"]))
+            indexes = {n["Index Name"] for n in nodes if "Index Name" in n} - {"pk_projector_checkpoints"}
+            dropped = sum(n.get("Rows Removed by Filter", 0) for n in nodes if n.get("Relation Name") == "events")
+            assert (indexes, dropped) == ({"pk_events"}, 0), (name, nodes)
     finally:
         await conn.close()
 
@@ -428,6 +429,111 @@ async def test_a_dead_workers_accounts_are_taken_over(
     async with pool.acquire() as conn:
         for account in accounts:
             assert await store.read_tables(conn, account) == await pure_tables(log, account)
+
+
+def lag_series(metrics: ProjectorMetrics) -> dict[str, tuple[float, float]]:
+    """Each account's (lag in events, lag in seconds) as the worker's /metrics shows them."""
+    found: dict[str, dict[str, float]] = {}
+    for gauge in (metrics.lag_events, metrics.lag_seconds):
+        for family in gauge.collect():
+            for sample in family.samples:
+                found.setdefault(sample.labels["account"], {})[sample.name] = sample.value
+    return {
+        a: (v["statekeeper_projector_lag_events"], v["statekeeper_projector_lag_seconds"]) for a, v in found.items()
+    }
+
+
+async def test_metrics_show_the_lag_of_a_stalled_projector(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    await log.append(activity("stalled", 100, seed=3))  # two full batches: nothing left after the second
+    metrics = ProjectorMetrics(__import__("prometheus_client").CollectorRegistry())
+    async with workers(database_url, pool, 1, metrics):
+        await wait_until(caught_up(pool), what="the account projected")
+        await wait_until(lambda: lag_series(metrics).get("stalled") == (0, 0), what="no lag once caught up")
+        blocker = await connect(database_url)
+        try:
+            async with blocker.transaction():
+                # The worker's next commit waits for this lock: the projector is stalled, not failing.
+                await blocker.execute("LOCK projector_checkpoints IN SHARE MODE")
+                await log.append(activity("stalled", 30, seed=3, start=100))
+
+                def behind() -> bool:
+                    events, seconds = lag_series(metrics).get("stalled", (0, 0))
+                    return events == 30 and seconds > 0
+
+                await wait_until(behind, what="the stalled projector's lag in /metrics")
+        finally:
+            await blocker.close()
+        await wait_until(lambda: lag_series(metrics).get("stalled") == (0, 0), what="no lag once it goes on")
+
+
+async def test_metrics_show_the_lag_only_of_the_accounts_a_worker_holds(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    accounts = {f"acc-{i}" for i in range(6)}
+    for account in sorted(accounts):
+        await log.append(activity(account, 20, seed=5))
+    stop = asyncio.Event()
+    first_metrics, second_metrics = (
+        ProjectorMetrics(__import__("prometheus_client").CollectorRegistry()) for _ in "12"
+    )
+    first = ProjectorWorker(database_url, pool, settings=FAST, stop=stop, metrics=first_metrics, name="first")
+    second = ProjectorWorker(database_url, pool, settings=FAST, stop=stop, metrics=second_metrics, name="second")
+    tasks = [asyncio.create_task(first.run())]
+    try:
+        await wait_until(lambda: set(lag_series(first_metrics)) == accounts, what="the first worker's lag series")
+        tasks.append(asyncio.create_task(second.run()))
+
+        def divided() -> bool:
+            shown = set(lag_series(first_metrics)), set(lag_series(second_metrics))
+            return bool(second.held) and shown == (first.held, second.held) and first.held | second.held == accounts
+
+        await wait_until(divided, what="each worker showing the lag of its own accounts only")
+        assert not first.held & second.held
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_an_account_with_new_events_does_not_wait_for_another_accounts_backlog(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    await log.append(activity("live", 5, seed=8))
+    for start in range(0, 4000, 500):
+        await log.append(activity("backlog", 500, seed=8, start=start))
+    settings = ProjectorSettings(batch_size=5, poll_interval_seconds=0.2, rebalance_interval_seconds=0.2)
+    stop = asyncio.Event()
+    worker = ProjectorWorker(database_url, pool, settings=settings, stop=stop, name="one")
+    task = asyncio.create_task(worker.run())
+    try:
+
+        async def backlog_begun() -> bool:
+            return (await checkpoints(pool)).get("backlog", 0) > 0
+
+        await wait_until(backlog_begun, what="the backlog being applied")
+        await log.append(activity("live", 5, seed=8, start=5))
+        live_head = (await heads(pool))["live"]
+
+        async def live_applied() -> bool:
+            return (await checkpoints(pool)).get("live") == live_head
+
+        await wait_until(live_applied, what="the live account's new events applied")
+        assert (await checkpoints(pool))["backlog"] < (await heads(pool))["backlog"], "before the backlog's end"
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_worker_without_the_privileges_it_needs_stops_with_the_reason(
+    pool: asyncpg.Pool, log: PostgresEventLog, login_as: Callable[..., Awaitable[str]]
+) -> None:
+    # Trying again cannot give a login privileges: no reconnecting in a loop, an error for the supervisor to report.
+    await log.append(activity("acc", 5, seed=1))
+    url = await login_as("statekeeper_auditor")
+    worker = ProjectorWorker(url, pool, settings=FAST, stop=asyncio.Event(), name="auditor")
+    with pytest.raises(DatabaseError, match="InsufficientPrivilegeError: permission denied for table"):
+        await asyncio.wait_for(worker.run(), 30)
 
 
 async def test_workers_in_another_process_share_the_accounts(

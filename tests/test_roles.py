@@ -13,8 +13,6 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import quote, urlsplit
-from uuid import uuid4
 
 import asyncpg
 import pytest
@@ -126,33 +124,6 @@ async def test_each_role_holds_exactly_its_privileges(database_url: str) -> None
 
 
 # ------------------------------------------------------------------------------------------ login roles
-
-
-def login_url(database_url: str, user: str) -> str:
-    parts = urlsplit(database_url)
-    host = parts.netloc.split("@", 1)[1]
-    return parts._replace(netloc=f"{quote(user, safe='')}@{host}").geturl()
-
-
-@pytest.fixture
-async def login_as(database_url: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """``await login_as(*group_roles)``: the URL of a new login role that is a member of those roles only."""
-    created: list[str] = []
-    owner = await connect(database_url)
-
-    async def make(*groups: str) -> str:
-        name = f"sk_login_{uuid4().hex[:10]}"
-        # names from this module's constants and a uuid: never input
-        await owner.execute(f"CREATE ROLE {name} LOGIN IN ROLE {', '.join(groups)}")
-        created.append(name)
-        return login_url(database_url, name)
-
-    try:
-        yield make
-    finally:
-        for name in created:
-            await owner.execute(f"DROP ROLE {name}")
-        await owner.close()
 
 
 async def test_a_reader_reads_the_projections_and_writes_nothing(

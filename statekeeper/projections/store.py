@@ -119,7 +119,7 @@ LEFT JOIN LATERAL (
     FROM (
         SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
         FROM events
-        WHERE {statements.ACCOUNT_AFTER.format(position="c.position")} AND (account, id) <= ($1, $4)
+        WHERE {statements.ACCOUNT_AFTER.format(account="$1", position="c.position")} AND (account, id) <= ($1, $4)
         ORDER BY {statements.ACCOUNT_ORDER}
         LIMIT $3
     ) AS e
@@ -134,7 +134,7 @@ SELECT string_agg({statements.EVENT_LINE}, E'\\n' ORDER BY id) AS events
 FROM (
     SELECT id, venue, kind, snapshot, source, venue_time, received_at, payload
     FROM events
-    WHERE {statements.ACCOUNT_AFTER.format(position="$2")}
+    WHERE {statements.ACCOUNT_AFTER.format(account="$1", position="$2")}
     ORDER BY {statements.ACCOUNT_ORDER}
     LIMIT $3
 ) AS e
@@ -257,16 +257,16 @@ parameters and is not prepared)."""
 
 # How far behind each account's projections are: the checkpoint, the events not applied yet, and the oldest
 # one's receive time (a range of the primary key, as long as the lag). Used by the workers and `statekeeper status`.
-LAG = """
+LAG = f"""
 SELECT a.account, c.position, c.updated_at, l.events, l.oldest
 FROM unnest($1::text[]) AS a(account)
 LEFT JOIN projector_checkpoints AS c ON c.account = a.account AND c.name = $2
 CROSS JOIN LATERAL (
-    SELECT count(*) AS events, min(e.received_at) AS oldest
-    FROM events AS e
-    WHERE e.account = a.account AND e.id > coalesce(c.position, 0)
+    SELECT count(*) AS events, min(received_at) AS oldest
+    FROM events
+    WHERE {statements.ACCOUNT_AFTER.format(account="a.account", position="coalesce(c.position, 0)")}
 ) AS l
-"""
+"""  # noqa: S608 - the interpolated text is a constant expression
 
 STATEMENTS: dict[str, str] = {
     "ensure_checkpoint": ENSURE_CHECKPOINT,

@@ -67,8 +67,23 @@ _ERRORS: tuple[type[BaseException], ...] = (DatabaseError, asyncpg.PostgresError
 
 _READ_AHEAD_ERRORS: tuple[type[BaseException], ...] = (*_ERRORS, ValueError, KeyError)
 
-LAG_CHECK_SECONDS = 1.0
-"""While an account has a backlog, how often its lag is counted in the database."""
+LAG_INTERVAL_SECONDS = 1.0
+"""How often a worker counts its accounts' lag in the database for ``/metrics``, whatever its batches are doing: a
+projector that is stalled (a lock, a slow statement) or whose batches fail shows its lag growing."""
+
+RETRY_MAX_SECONDS = 30.0
+"""The longest pause before a worker that lost the database tries again (the pause doubles from the poll
+interval)."""
+
+# SQLSTATE classes of errors that trying again cannot cure: the login's privileges (28, 42: also an undefined table
+# of a database not migrated) and a database that does not exist (3D).
+_PERMANENT_CLASSES = ("28", "3D", "42")
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether a database error is one that trying again cannot cure (see :data:`_PERMANENT_CLASSES`)."""
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(exc, asyncpg.PostgresError) and isinstance(state, str) and state.startswith(_PERMANENT_CLASSES)
 
 
 def owner_of(account: str, slots: Collection[int]) -> int | None:
@@ -152,8 +167,11 @@ class ProjectorWorker:
         self._checkpoints: dict[str, store.Checkpoint] = {}
         """Each held account's checkpoint as this worker's last batch left it."""
         self._pending: set[str] = set()
-        self._lag_checked: dict[str, float] = {}
-        self._lag_tasks: set[asyncio.Task[None]] = set()
+        self._caught_up_count: dict[str, int] = {}
+        """How many times each account's batches found it caught up: a lag count begun before the last of them is
+        out of date."""
+        self._next_rebalance = 0.0
+        self._next_look = 0.0
         self._cursor = 0
         self._applied: dict[str, int] = {}
         """Each held account's checkpoint as this worker last moved it."""
@@ -172,41 +190,57 @@ class ProjectorWorker:
 
     async def run(self) -> None:
         waiter = LogWaiter(self.url, poll_interval=self.settings.poll_interval_seconds)
+        lag = asyncio.create_task(self._watch_lag(), name=f"{self.name}-lag")
         try:
             async with waiter:
-                next_rebalance = 0.0
-                look = True
+                failures = 0
                 while not self.stop.is_set():
-                    poked, self._poked = self._poked, set()
-                    self._poke.clear()
                     try:
-                        if time.monotonic() >= next_rebalance:
-                            await self._rebalance()
-                            next_rebalance = time.monotonic() + self.settings.rebalance_interval_seconds
-                        if look or not poked <= self.known:
-                            waiter.clear()  # what was notified until now, the look at the log below covers
-                            await self._discover()
-                        self._pending.update(poked & self.held)
-                        await self._catch_up()
+                        await self._look(waiter)
+                        await self._catch_up(waiter)
                         self.error = None
+                        failures = 0
                     except _ERRORS as exc:
+                        if _permanent(exc):
+                            raise DatabaseError(f"projector {self.name}: {type(exc).__name__}: {exc}") from exc
                         self._lost(exc)
-                        next_rebalance = 0.0
+                        failures += 1
+                        pause = min(RETRY_MAX_SECONDS, self.settings.poll_interval_seconds * 2 ** (failures - 1))
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.stop.wait(), pause)
+                        continue
                     if self.stop.is_set():
                         break
-                    look = await self._wait(waiter)
+                    await self._wait(waiter)
         finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             await self._close()
 
-    async def _wait(self, waiter: LogWaiter) -> bool:
-        """Until a notification, the poll interval, a poke or the stop. True unless only a poke woke it: then the
-        accounts poked are all there is to do."""
+    async def _look(self, waiter: LogWaiter) -> None:
+        """Take in what happened since the last look: a rebalance when one is due; the accounts with new events,
+        when events were notified, the poll interval has passed, or a poke named an account not known yet; the
+        accounts poked."""
+        poked, self._poked = self._poked, set()
+        self._poke.clear()
+        now = time.monotonic()
+        if now >= self._next_rebalance:
+            self._next_rebalance = now + self.settings.rebalance_interval_seconds
+            await self._rebalance()
+        if waiter.notified or now >= self._next_look or not poked <= self.known:
+            self._next_look = now + self.settings.poll_interval_seconds
+            waiter.clear()  # what was notified until now, the look at the log below covers
+            await self._discover()
+        self._pending.update(poked & self.held)
+
+    async def _wait(self, waiter: LogWaiter) -> None:
+        """Until a notification, the poll interval, a poke or the stop."""
         wake = asyncio.ensure_future(waiter.wait())
         stopping = asyncio.ensure_future(self.stop.wait())
         poked = asyncio.ensure_future(self._poke.wait())
         try:
             await asyncio.wait({wake, stopping, poked}, return_when=asyncio.FIRST_COMPLETED)
-            return wake.done() or stopping.done()
         finally:
             for task in (wake, stopping, poked):
                 task.cancel()
@@ -253,6 +287,7 @@ class ProjectorWorker:
                 self._pending.discard(account)
                 self._checkpoints.pop(account, None)
                 self._drop_read_ahead(account)
+                self._forget_lag(account)
                 logger.info("handing account %s to another worker", account,
                             extra={"action": "projector_released", "account": account})  # fmt: skip
         # An account whose last batch failed is tried again at each rebalance, new events or not.
@@ -278,8 +313,10 @@ class ProjectorWorker:
 
     # -------------------------------------------------------------------------------------- applying
 
-    async def _catch_up(self) -> None:
-        """Apply every pending account's events, one batch per account in turn, until none is pending."""
+    async def _catch_up(self, waiter: LogWaiter) -> None:
+        """Apply every pending account's events, one batch per account in turn, until none is pending. Between
+        turns, what happened meanwhile is taken in (:meth:`_look`): an account with new events joins the turns
+        rather than wait for a long backlog of another to be applied."""
         while self._pending and not self.stop.is_set():
             turn = sorted(self._pending)
             for index, account in enumerate(turn):
@@ -290,6 +327,8 @@ class ProjectorWorker:
                     continue
                 if not await self._step(account, following=turn[(index + 1) % len(turn)]):
                     self._pending.discard(account)
+            if self._pending:
+                await self._look(waiter)
 
     async def _step(self, account: str, *, following: str | None = None) -> bool:
         """One batch of one account; True if more events are waiting. ``following``: the account whose batch comes
@@ -379,38 +418,63 @@ class ProjectorWorker:
             self._ahead = None
 
     def _observe(self, result: store.BatchResult, seconds: float) -> None:
-        if self.metrics is None or result.events == 0:
+        if self.metrics is None:
+            return
+        account = result.account
+        if not result.full:  # nothing was waiting after this batch's events
+            self._caught_up_count[account] = self._caught_up_count.get(account, 0) + 1
+            self._set_lag(account, 0, 0.0)
+        if result.events == 0:
             return
         m = self.metrics
-        account = result.account
         m.applied.labels(account).inc(result.events)
         m.rows.labels(account).inc(result.rows)
         m.batch_seconds.labels(account).observe(seconds)
         if result.oldest_received_at is not None:
             visible = (datetime.now(UTC) - result.oldest_received_at).total_seconds()
             m.visible_seconds.labels(account).observe(max(0.0, visible))
-        if not result.full:
-            m.lag_events.labels(account).set(0)
-            m.lag_seconds.labels(account).set(0)
-            return
-        now = time.monotonic()
-        if now - self._lag_checked.get(account, 0.0) >= LAG_CHECK_SECONDS:
-            self._lag_checked[account] = now
-            task = asyncio.get_running_loop().create_task(self._count_lag(account))
-            self._lag_tasks.add(task)
-            task.add_done_callback(self._lag_tasks.discard)
 
-    async def _count_lag(self, account: str) -> None:
-        if self.metrics is None:
+    # Lag in /metrics: a batch that found nothing more waiting sets its account's to 0 at once; the rest of the time
+    # (a backlog, a stalled or failing batch, an account claimed) it is counted in the database every
+    # LAG_INTERVAL_SECONDS, for the accounts this worker holds; an account it no longer holds has no lag series here.
+
+    async def _watch_lag(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), LAG_INTERVAL_SECONDS)
+            if not self.stop.is_set():
+                await self._count_lag()
+
+    async def _count_lag(self) -> None:
+        accounts = sorted(self.held)
+        if self.metrics is None or not accounts:
             return
-        with contextlib.suppress(*_ERRORS):
+        counted = {account: self._caught_up_count.get(account, 0) for account in accounts}
+        try:
             async with self.pool.acquire() as conn:
-                record = await conn.fetchrow(store.LAG, [account], store.CHECKPOINT)
-            if record is not None:
-                self.metrics.lag_events.labels(account).set(record["events"])
-                oldest = record["oldest"]
-                age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
-                self.metrics.lag_seconds.labels(account).set(max(0.0, age))
+                records = await conn.fetch(store.LAG, accounts, store.CHECKPOINT)
+        except _ERRORS as exc:  # the worker's own statements meet the fault and report it
+            logger.debug("counting the projector lag failed: %s", exc, extra={"action": "projector_lag_failed"})
+            return
+        now = datetime.now(UTC)
+        for record in records:
+            account = record["account"]
+            if account not in self.held or self._caught_up_count.get(account, 0) != counted[account]:
+                continue  # handed away meanwhile, or a batch found it caught up after this count began
+            oldest = record["oldest"]
+            self._set_lag(account, record["events"], (now - oldest).total_seconds() if oldest is not None else 0.0)
+
+    def _set_lag(self, account: str, events: int, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.lag_events.labels(account).set(events)
+            self.metrics.lag_seconds.labels(account).set(max(0.0, seconds))
+
+    def _forget_lag(self, account: str) -> None:
+        self._caught_up_count.pop(account, None)
+        if self.metrics is not None:
+            for gauge in (self.metrics.lag_events, self.metrics.lag_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(account)
 
     # -------------------------------------------------------------------------------------- shutdown
 
@@ -423,13 +487,13 @@ class ProjectorWorker:
             if connection is not None:
                 connection.terminate()
         self._locks = self._applier = self._reader = None
+        for account in self.held:
+            self._forget_lag(account)
         self.held.clear()
         self._pending.clear()
         self._checkpoints.clear()
 
     async def _close(self) -> None:
-        for task in list(self._lag_tasks):
-            task.cancel()
         if self._ahead is not None:
             reading = self._ahead[2]
             self._drop_read_ahead()
