@@ -6,7 +6,9 @@ Exit codes: 0 success, 1 a check failed, 2 usage or configuration error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -92,11 +94,56 @@ def run_command(
             if account.api_key is not None:
                 register_secret(account.api_key.get_secret_value())
         configure_logging(log_format or settings.log.format, settings.log.level)
-        return asyncio.run(coro_fn(settings))
+        return asyncio.run(_terminable(coro_fn(settings)))
     except StatekeeperError as exc:
         raise fail(exc.message, exc.exit_code) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
+    except _Terminated:
+        raise fail("terminated (SIGTERM)", 143) from None
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise fail(
+            f"the database refused: {exc}. The login lacks a privilege this command needs: see the database roles in "
+            "docs/operations.md (`statekeeper project --rebuild` runs as the owner: it creates a schema)",
+            2,
+        ) from None
+
+
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+class _Terminated(Exception):
+    """SIGTERM stopped a command."""
+
+
+async def _terminable(command: Coroutine[Any, Any, T]) -> T:
+    """Run a command so that SIGTERM stops it as Ctrl-C does: cancelled, its cleanup run (a rebuild drops its
+    schema, the embedded server is let go). The daemons handle SIGTERM themselves while they run."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    handled = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here (a thread, Windows)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+        handled = True
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 # ------------------------------------------------------------------------------------------------ db
@@ -370,6 +417,7 @@ def project(
     """
     from statekeeper.database import database_target  # noqa: PLC0415
     from statekeeper.errors import MigrationError  # noqa: PLC0415
+    from statekeeper.eventlog import chosen_accounts  # noqa: PLC0415
     from statekeeper.ingest.daemon import Daemon  # noqa: PLC0415
     from statekeeper.migrations import check  # noqa: PLC0415
     from statekeeper.projections import store  # noqa: PLC0415
@@ -397,7 +445,7 @@ def project(
                 return
             conn = await store.connect_applier(target.url)
             try:
-                accounts = account or [r["account"] for r in await conn.fetch(store.ALL_ACCOUNTS)]
+                accounts = await chosen_accounts(conn, account)
                 applied = await store.catch_up(conn, accounts, limit=batch)
             finally:
                 await conn.close()
@@ -546,14 +594,14 @@ def verify_log(
 ) -> None:
     """Check the event log's hash chains; report each account's first broken link. Exit 1 if any is broken."""
     from statekeeper.audit import verify_log as chains  # noqa: PLC0415
-    from statekeeper.audit.replay import accounts_in_log  # noqa: PLC0415
     from statekeeper.database import connect, database_target  # noqa: PLC0415
+    from statekeeper.eventlog import chosen_accounts  # noqa: PLC0415
 
     async def go(settings: Settings) -> list[chains.ChainReport]:
         async with database_target(settings.database) as target:
             conn = await connect(target.url)
             try:
-                return await chains.verify_log(conn, account or await accounts_in_log(conn))
+                return await chains.verify_log(conn, await chosen_accounts(conn, account))
             finally:
                 await conn.close()
 

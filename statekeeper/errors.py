@@ -40,5 +40,11 @@ class MigrationError(DatabaseError):
     """The database schema is not what this version of statekeeper expects."""
 
 
+class UnknownAccount(StatekeeperError):
+    """The account has no events in the log."""
+
+    exit_code = 2
+
+
 class InvalidEvent(StatekeeperError):
     """The event cannot be stored."""

@@ -42,7 +42,7 @@ import asyncpg
 from statekeeper import statements
 from statekeeper.audit.chain import GENESIS, link_hash
 from statekeeper.database import connect
-from statekeeper.errors import DatabaseError, StatekeeperError
+from statekeeper.errors import DatabaseError, StatekeeperError, UnknownAccount
 from statekeeper.events import EncodedEvent, Event, RejectedFrame, StoredEvent, encode_events
 from statekeeper.schema import NOTIFY_CHANNEL
 
@@ -395,6 +395,22 @@ async def advance_checkpoint(conn: asyncpg.Connection, *, name: str, account: st
 
 
 # -------------------------------------------------------------------------------------------- waking
+
+
+async def accounts_in_log(conn: asyncpg.Connection) -> list[str]:
+    """Every account with events in the log, in order."""
+    return [r["account"] for r in await conn.fetch(statements.ACCOUNTS_IN_LOG)]
+
+
+async def chosen_accounts(conn: asyncpg.Connection, accounts: Sequence[str] | None) -> list[str]:
+    """The accounts a command names (sorted, each once), each checked to have events in the log (a mistyped name
+    is :class:`UnknownAccount`, not an empty success); none named: every account in the log."""
+    if not accounts:
+        return await accounts_in_log(conn)
+    for account in accounts:
+        if not await conn.fetchval(statements.ACCOUNT_HEAD, account):
+            raise UnknownAccount(f"account {account!r} has no events in the log")
+    return sorted(set(accounts))
 
 
 class LogWaiter:

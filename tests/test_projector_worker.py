@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -621,12 +622,63 @@ async def test_project_once_and_rebuild_from_the_command_line(database_url: str,
     result = await asyncio.to_thread(runner.invoke, app, ["project", "--account", "c2"], env=env)
     assert result.exit_code == 2
     assert "--account needs --once or --rebuild" in result.output
+    for option in ("--once", "--rebuild"):  # a mistyped account is an error, not an empty success
+        result = await asyncio.to_thread(runner.invoke, app, ["project", option, "--account", "c3"], env=env)
+        assert result.exit_code == 2, result.output
+        assert "account 'c3' has no events in the log" in result.output
     conn = await connect(database_url)
     try:
         for account in ("c1", "c2"):
             assert await store.read_tables(conn, account) == await pure_tables(log, account)
     finally:
         await conn.close()
+
+
+async def test_project_as_a_login_without_the_privileges_says_so(
+    database_url: str, log: PostgresEventLog, login_as: Callable[..., Awaitable[str]]
+) -> None:
+    await log.append(activity("c1", 5, seed=5))
+    env = {"STATEKEEPER_DATABASE_URL": await login_as("statekeeper_auditor")}
+    for options in (["--once"], ["--rebuild"]):
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["project", *options], env=env)
+        assert result.exit_code == 2, result.output
+        assert "the database refused: permission denied for" in result.output
+        assert "Traceback" not in result.output
+
+
+async def test_sigterm_stops_a_rebuild_which_drops_its_tables(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    await log.append(activity("t1", 50, seed=5))
+    env = {**os.environ, "STATEKEEPER_DATABASE_URL": database_url}
+    blocker = await connect(database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK projector_checkpoints IN ROW EXCLUSIVE MODE")  # the swap waits for it
+            rebuilding = subprocess.Popen(  # noqa: ASYNC220 - the command under test
+                [sys.executable, "-m", "statekeeper", "project", "--rebuild"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            try:
+
+                async def swap_waiting() -> bool:
+                    return bool(await pool.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE relation = 'projector_checkpoints'::regclass "
+                        "AND NOT granted"
+                    ))  # fmt: skip
+
+                await wait_until(swap_waiting, what="the rebuild waiting to swap its tables in")
+                rebuilding.send_signal(signal.SIGTERM)
+                output, _ = await asyncio.to_thread(rebuilding.communicate, timeout=30)
+            finally:
+                if rebuilding.poll() is None:
+                    rebuilding.kill()
+    finally:
+        await blocker.close()
+    assert rebuilding.returncode == 143, output
+    assert "terminated (SIGTERM)" in output and "Traceback" not in output
+    assert await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'statekeeper_rebuild'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM projector_checkpoints") == 0, "the live tables are untouched"
 
 
 async def test_db_check_finds_a_missing_view(database_url: str, pool: asyncpg.Pool) -> None:

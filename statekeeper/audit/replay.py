@@ -36,7 +36,7 @@ from statekeeper.audit.parallel import PARALLEL_FROM, each_account
 from statekeeper.audit.reader import PAGE_SIZE, SERVER_SETTINGS, Bound, TimeBasis, pages
 from statekeeper.audit.state import HOT_ROWS, ReplayState, value_text
 from statekeeper.database import connect
-from statekeeper.errors import StatekeeperError
+from statekeeper.eventlog import chosen_accounts
 from statekeeper.projections import rows
 from statekeeper.projections.rows import Row
 
@@ -50,10 +50,6 @@ Progress = Callable[[int], None]
 
 
 # ------------------------------------------------------------------------------------------------- replay
-
-
-async def accounts_in_log(conn: asyncpg.Connection) -> list[str]:
-    return [r["account"] for r in await conn.fetch(statements.ACCOUNTS_IN_LOG)]
 
 
 async def head(conn: asyncpg.Connection) -> int:
@@ -274,12 +270,6 @@ async def read_projection(conn: asyncpg.Connection, account: str) -> Projection:
 # ----------------------------------------------------------------------------------------------- commands
 
 
-class UnknownAccount(StatekeeperError):
-    """The account has no events in the log."""
-
-    exit_code = 2
-
-
 @dataclass(frozen=True, slots=True)
 class ReplayRun:
     """What ``statekeeper replay`` did."""
@@ -294,15 +284,6 @@ def basis_of(bound: Bound) -> dict[str, object]:
     """How the output names the point replayed to."""
     at = None if bound.at is None else bound.at.isoformat()
     return {"position": bound.position, "at": at, "clock": bound.basis if at is not None else None}
-
-
-async def _chosen(conn: asyncpg.Connection, accounts: Sequence[str] | None) -> list[str]:
-    if not accounts:
-        return await accounts_in_log(conn)
-    for account in accounts:
-        if not await conn.fetchval(statements.ACCOUNT_HEAD, account):
-            raise UnknownAccount(f"account {account!r} has no events in the log")
-    return sorted(set(accounts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +331,7 @@ async def run_replay(
     """
     conn = await connect(url, server_settings=SERVER_SETTINGS)
     try:
-        chosen = await _chosen(conn, accounts)
+        chosen = await chosen_accounts(conn, accounts)
         top = await head(conn)
         bound = Bound(top if position is None else min(position, top), at, clock)
         total, advance = await _to_read(conn, chosen, bound.position, progress, parallel_from)
@@ -422,7 +403,7 @@ async def run_verify(
     ``jobs`` accounts at once)."""
     conn = await connect(url, server_settings=SERVER_SETTINGS)
     try:
-        chosen = await _chosen(conn, accounts)
+        chosen = await chosen_accounts(conn, accounts)
         total, advance = await _to_read(conn, chosen, await head(conn), progress, parallel_from)
         work = _CheckOne(page_size, hot_rows)
         return [check async for check in each_account(url, conn, chosen, work, jobs=jobs, events=total,

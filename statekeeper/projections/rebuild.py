@@ -30,6 +30,7 @@ import asyncpg
 from statekeeper import statements
 from statekeeper.database import connect
 from statekeeper.errors import StatekeeperError
+from statekeeper.eventlog import chosen_accounts
 from statekeeper.projections import store
 
 logger = logging.getLogger(__name__)
@@ -123,9 +124,7 @@ async def _rebuild(
     started: float,
 ) -> RebuildReport:
     live_schema = str(await live.fetchval("SELECT current_schema()"))
-    chosen = (
-        sorted(set(accounts)) if accounts is not None else [r["account"] for r in await live.fetch(store.ALL_ACCOUNTS)]
-    )
+    chosen = await chosen_accounts(live, accounts)
     async with live.transaction():
         await live.execute(f"DROP SCHEMA IF EXISTS {_ident(SCHEMA)} CASCADE")
         await live.execute(f"CREATE SCHEMA {_ident(SCHEMA)}")
