@@ -175,6 +175,11 @@ async def test_an_intact_log_verifies(log: PostgresEventLog, database_url: str) 
     )
     assert result.exit_code == 0, result.output
     assert "fine: 5 events, chain intact" in result.output
+    mistyped = await asyncio.to_thread(
+        CliRunner().invoke, app, ["verify-log", "--account", "fnie"], env={"STATEKEEPER_DATABASE_URL": database_url}
+    )
+    assert mistyped.exit_code == 2, mistyped.output
+    assert "account 'fnie' has no events in the log" in mistyped.output
 
 
 async def test_the_migration_links_events_stored_before_it(empty_database_url: str) -> None:
