@@ -54,26 +54,27 @@ def sqlalchemy_url(url: str) -> str:
 
 
 @asynccontextmanager
-async def _connection(url: str) -> AsyncIterator[AsyncConnection]:
+async def _connection(url: str, doing: str) -> AsyncIterator[AsyncConnection]:
     engine = create_async_engine(sqlalchemy_url(url), poolclass=NullPool)
     try:
         async with engine.begin() as connection:
             yield connection
     except (OSError, OperationalError) as exc:
-        raise DatabaseError(f"cannot migrate {redact_url(url)}: {exc}") from exc
+        raise DatabaseError(f"cannot {doing} {redact_url(url)}: {exc}") from exc
     except DBAPIError as exc:
-        raise MigrationError(f"migration failed on {redact_url(url)}: {exc.orig}") from exc
+        raise MigrationError(f"could not {doing} {redact_url(url)}: {exc.orig}") from exc
     finally:
         await engine.dispose()
 
 
-async def run_with_url(fn: Callable[[Connection], None], url: str | None = None) -> None:
-    """Run ``fn`` on a sync connection to ``url`` (or the configured database) in one transaction."""
+async def run_with_url(fn: Callable[[Connection], None], url: str | None = None, *, doing: str = "migrate") -> None:
+    """Run ``fn`` on a sync connection to ``url`` (or the configured database) in one transaction; an error says
+    what could not be done (``doing``: "migrate", "check the schema of")."""
     if url is not None:
-        async with _connection(url) as connection:
+        async with _connection(url, doing) as connection:
             await connection.run_sync(fn)
         return
-    async with database_target(load_settings().database) as target, _connection(target.url) as connection:
+    async with database_target(load_settings().database) as target, _connection(target.url, doing) as connection:
         await connection.run_sync(fn)
 
 
@@ -104,7 +105,7 @@ async def current_revisions(url: str) -> tuple[str, ...]:
     def read(connection: Connection) -> None:
         found.extend(MigrationContext.configure(connection).get_current_heads())
 
-    await run_with_url(read, url)
+    await run_with_url(read, url, doing="read the schema revision of")
     return tuple(found)
 
 
@@ -192,5 +193,5 @@ def _check(connection: Connection, problems: list[str]) -> None:
 async def check(url: str) -> list[str]:
     """Differences between what this version declares and the database: empty when they agree."""
     problems: list[str] = []
-    await run_with_url(lambda connection: _check(connection, problems), url)
+    await run_with_url(lambda connection: _check(connection, problems), url, doing="check the schema of")
     return problems
