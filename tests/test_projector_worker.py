@@ -40,10 +40,11 @@ from statekeeper.events import (
     natural_key,
 )
 from statekeeper.migrations import check
+from statekeeper.projections import rebuild as rebuild_module
 from statekeeper.projections import store
 from statekeeper.projections.fold import AccountState, FoldEvent, fold
 from statekeeper.projections.fold import needs as fold_needs
-from statekeeper.projections.rebuild import rebuild
+from statekeeper.projections.rebuild import RebuildError, rebuild
 from statekeeper.projections.worker import STATEMENTS, ProjectorMetrics, ProjectorWorker, owner_of
 from tests.ingest_support import wait_until
 
@@ -607,6 +608,37 @@ async def test_rebuild_swaps_in_tables_equal_to_the_log_while_appends_go_on(
             assert await store.read_tables(conn, account) == await pure_tables(log, account)
         assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'statekeeper_rebuild'") == 0
     assert await check(database_url) == []
+
+
+async def test_a_rebuild_does_not_queue_the_projectors_behind_a_held_lock(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the swap waits for its lock, every live commit queues behind it: it waits briefly, lets them go on, and
+    # asks again; it gives up, the live tables untouched, if the lock never comes.
+    monkeypatch.setattr(rebuild_module, "SWAP_LOCK_TIMEOUT", "SET LOCAL lock_timeout = '100ms'")
+    monkeypatch.setattr(rebuild_module, "SWAP_ATTEMPTS", 3)
+    await log.append(activity("l1", 30, seed=4))
+    blocker = await connect(database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK projector_checkpoints IN ROW EXCLUSIVE MODE")
+            with pytest.raises(RebuildError, match="could not lock projector_checkpoints in 3 tries"):
+                await rebuild(database_url, progress=lambda _: None)
+        assert await pool.fetchval("SELECT count(*) FROM projector_checkpoints") == 0
+        assert await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'statekeeper_rebuild'") == 0
+        messages: list[str] = []
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK projector_checkpoints IN ROW EXCLUSIVE MODE")
+        rebuilding = asyncio.create_task(rebuild(database_url, progress=messages.append))
+        await wait_until(lambda: any("the swap waited" in m for m in messages), what="the swap waiting once")
+        await transaction.rollback()
+        report = await rebuilding
+    finally:
+        await blocker.close()
+    assert report.accounts == ("l1",)
+    async with pool.acquire() as conn:
+        assert await store.read_tables(conn, "l1") == await pure_tables(log, "l1")
 
 
 async def test_project_once_and_rebuild_from_the_command_line(database_url: str, log: PostgresEventLog) -> None:

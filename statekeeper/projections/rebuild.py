@@ -42,6 +42,11 @@ CATCH_UP_ROUNDS = 5
 TRY_LOCK = "SELECT pg_try_advisory_lock(21327, 0)"
 UNLOCK = "SELECT pg_advisory_unlock(21327, 0)"
 LOCK_CHECKPOINTS = "LOCK TABLE projector_checkpoints IN EXCLUSIVE MODE"
+SWAP_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
+SWAP_ATTEMPTS = 5
+"""How many times the swap asks for the checkpoints' lock, waiting at most ``SWAP_LOCK_TIMEOUT`` each time: while
+it waits, every live worker's commit queues behind it, so it never waits long (for a transaction that holds the
+table, say) but lets the workers go on and tries again."""
 
 
 def _ident(name: str) -> str:
@@ -143,18 +148,29 @@ async def _rebuild(
             target = head
             applied += await store.catch_up(copy, chosen, limit=batch_size, up_to=target)
         say(f"built {applied} events; swapping the rebuilt tables in")
-        swap_started = time.perf_counter()
-        async with live.transaction():
-            await live.execute(LOCK_CHECKPOINTS)
-            target = int(await live.fetchval(statements.HEAD))
-            applied += await store.catch_up(copy, chosen, limit=batch_size, up_to=target)
-            total = 0
-            for table in store.TABLES:
-                delete, insert = _replace(table, live_schema)
-                await live.execute(delete, chosen)
-                status = await live.execute(insert, chosen)
-                total += int(status.rsplit(" ", 1)[-1])
-            await live.execute(_swap_checkpoints(live_schema), chosen, store.CHECKPOINT)
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            swap_started = time.perf_counter()
+            try:
+                async with live.transaction():
+                    await live.execute(SWAP_LOCK_TIMEOUT)
+                    await live.execute(LOCK_CHECKPOINTS)
+                    target = int(await live.fetchval(statements.HEAD))
+                    applied += await store.catch_up(copy, chosen, limit=batch_size, up_to=target)
+                    total = 0
+                    for table in store.TABLES:
+                        delete, insert = _replace(table, live_schema)
+                        await live.execute(delete, chosen)
+                        status = await live.execute(insert, chosen)
+                        total += int(status.rsplit(" ", 1)[-1])
+                    await live.execute(_swap_checkpoints(live_schema), chosen, store.CHECKPOINT)
+                break
+            except asyncpg.LockNotAvailableError:
+                if attempt == SWAP_ATTEMPTS:
+                    raise RebuildError(
+                        f"the swap could not lock projector_checkpoints in {SWAP_ATTEMPTS} tries: a transaction holds "
+                        "it (see pg_locks); the live tables are as they were"
+                    ) from None
+                say(f"the swap waited for projector_checkpoints (attempt {attempt} of {SWAP_ATTEMPTS}); trying again")
         swap_seconds = time.perf_counter() - swap_started
     finally:
         await copy.close()
