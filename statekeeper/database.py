@@ -25,6 +25,21 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 
+TRANSIENT_ERROR_CLASSES = ("08", "25", "40", "53", "55", "57", "58")
+"""SQLSTATE classes that blame the moment, not the statement or the login (connection, transaction state, deadlock
+and serialization, resources, lock timeout, operator intervention such as a shutdown, system): trying again
+later can succeed. Any other error is the data's, the schema's, the login's or a bug's."""
+
+
+def error_class(exc: BaseException) -> str:
+    """The SQLSTATE class (two characters) of a database error; ``""`` for anything else."""
+    return str(getattr(exc, "sqlstate", "") or "")[:2]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error blames the moment (:data:`TRANSIENT_ERROR_CLASSES`)."""
+    return error_class(exc) in TRANSIENT_ERROR_CLASSES
+
 
 _JSONB_VERSION = b"\x01"  # the binary jsonb format is a version byte followed by the JSON text
 

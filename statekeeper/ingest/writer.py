@@ -29,6 +29,7 @@ from uuid import UUID
 import asyncpg
 
 from statekeeper import statements
+from statekeeper.database import error_class, is_transient
 from statekeeper.eventlog import CONNECTION_ERRORS, AppendOutcome, EventLogUnavailable, PostgresEventLog
 from statekeeper.events import EncodedEvent, RejectedFrame, Source
 from statekeeper.ingest.metrics import IngestMetrics
@@ -65,19 +66,16 @@ WriteItem = EncodedEvent | RejectedFrame | SessionOpen | SessionClose
 
 _DATA_ERRORS = ("22", "23")
 """SQLSTATE classes that blame the data (data exception, integrity violation): the item is set aside."""
-_TRANSIENT_ERRORS = ("08", "25", "40", "53", "55", "57", "58")
-"""Classes that blame the moment (connection, transaction state, deadlock, resources, lock timeout, shutdown,
-system): the batch is retried."""
 
 
 def _data_error(exc: asyncpg.PostgresError) -> bool:
-    return str(getattr(exc, "sqlstate", "") or "")[:2] in _DATA_ERRORS
+    return error_class(exc) in _DATA_ERRORS
 
 
 def _raise_if_transient(exc: asyncpg.PostgresError) -> None:
-    """A transient refusal becomes :class:`EventLogUnavailable` (the batch is retried). The caller re-raises
-    anything else as is: a bug, for the supervisor to report."""
-    if str(getattr(exc, "sqlstate", "") or "")[:2] in _TRANSIENT_ERRORS:
+    """A transient refusal (:func:`statekeeper.database.is_transient`) becomes :class:`EventLogUnavailable` (the
+    batch is retried). The caller re-raises anything else as is: a bug, for the supervisor to report."""
+    if is_transient(exc):
         raise EventLogUnavailable(f"the database did not take the batch, will retry: {type(exc).__name__}: {exc}")
 
 

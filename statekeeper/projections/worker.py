@@ -35,9 +35,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from statekeeper import statements
 from statekeeper.config import ProjectorSettings
-from statekeeper.database import connect
+from statekeeper.database import connect, is_transient
 from statekeeper.errors import DatabaseError
 from statekeeper.eventlog import CONNECTION_ERRORS, LogWaiter
+from statekeeper.ingest.backoff import Backoff
 from statekeeper.logs import log_context
 from statekeeper.projections import store
 from statekeeper.projections.fold import FoldEvent
@@ -72,18 +73,14 @@ LAG_INTERVAL_SECONDS = 1.0
 projector that is stalled (a lock, a slow statement) or whose batches fail shows its lag growing."""
 
 RETRY_MAX_SECONDS = 30.0
-"""The longest pause before a worker that lost the database tries again (the pause doubles from the poll
-interval)."""
-
-# SQLSTATE classes of errors that trying again cannot cure: the login's privileges (28, 42: also an undefined table
-# of a database not migrated) and a database that does not exist (3D).
-_PERMANENT_CLASSES = ("28", "3D", "42")
+"""The longest pause before a worker that lost the database tries again (:class:`Backoff` from the poll interval:
+a random pause whose ceiling doubles, so that workers that lost the database together do not return together)."""
 
 
 def _permanent(exc: BaseException) -> bool:
-    """Whether a database error is one that trying again cannot cure (see :data:`_PERMANENT_CLASSES`)."""
-    state = getattr(exc, "sqlstate", None)
-    return isinstance(exc, asyncpg.PostgresError) and isinstance(state, str) and state.startswith(_PERMANENT_CLASSES)
+    """Whether a database error is one that trying again cannot cure: the server's answer that blames the login
+    (a privilege), the schema (a table not there) or a bug, not the moment (:func:`is_transient`)."""
+    return isinstance(exc, asyncpg.PostgresError) and not is_transient(exc)
 
 
 def owner_of(account: str, slots: Collection[int]) -> int | None:
@@ -189,25 +186,24 @@ class ProjectorWorker:
         self._poke.set()
 
     async def run(self) -> None:
-        waiter = LogWaiter(self.url, poll_interval=self.settings.poll_interval_seconds)
+        poll = self.settings.poll_interval_seconds
+        waiter = LogWaiter(self.url, poll_interval=poll)
+        retry = Backoff(initial=poll, maximum=max(poll, RETRY_MAX_SECONDS))
         lag = asyncio.create_task(self._watch_lag(), name=f"{self.name}-lag")
         try:
             async with waiter:
-                failures = 0
                 while not self.stop.is_set():
                     try:
                         await self._look(waiter)
                         await self._catch_up(waiter)
                         self.error = None
-                        failures = 0
+                        retry.reset()
                     except _ERRORS as exc:
                         if _permanent(exc):
                             raise DatabaseError(f"projector {self.name}: {type(exc).__name__}: {exc}") from exc
                         self._lost(exc)
-                        failures += 1
-                        pause = min(RETRY_MAX_SECONDS, self.settings.poll_interval_seconds * 2 ** (failures - 1))
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self.stop.wait(), pause)
+                            await asyncio.wait_for(self.stop.wait(), retry.next_delay())
                         continue
                     if self.stop.is_set():
                         break
