@@ -131,6 +131,17 @@ class CloseReason(StrEnum):
     STREAM_RESTORED = "stream_restored"  # a REST polling fallback ends: the stream is back
 
 
+class BalanceScope(StrEnum):
+    """Which of a venue's balance statements a balance message belongs to (``BalanceBody.scope``)."""
+
+    COLLATERAL = "collateral"
+    """Extended's account balance (``BALANCE``, ``GET /user/balance``): the one collateral asset."""
+    SPOT = "spot"
+    """Extended's spot balances (``SPOT_BALANCE``): every spot asset of a unified-margin account."""
+    TOKEN = "token"  # noqa: S105 - a balance scope, not a credential
+    """Paradex's token balances (``GET /balance``, ``balance_events``)."""
+
+
 class SequenceProblem(StrEnum):
     GAP = "gap"
     REPEAT = "repeat"
@@ -325,6 +336,10 @@ class _Body(_Model):
 class BalanceBody(_Body):
     kind: Literal[EventKind.BALANCE] = EventKind.BALANCE
     balances: tuple[Balance, ...]
+    scope: BalanceScope | None = None
+    """The statement the balances belong to. A *snapshot* with a scope states every balance of that scope: an asset
+    of the scope it does not list is gone. Without one (events logged before scopes were recorded) a snapshot only
+    replaces the assets it lists."""
 
 
 class AccountBody(_Body):

@@ -23,7 +23,7 @@ from statekeeper.config import load_settings, redact_url
 from statekeeper.database import database_target
 from statekeeper.errors import DatabaseError, MigrationError
 from statekeeper.events import CloseReason, Transport
-from statekeeper.schema import EVENTS_TRIGGERS, KINDS, SOURCES, VIEWS, metadata
+from statekeeper.schema import EVENTS_TRIGGERS, KINDS, PROJECTION_TABLES, SOURCES, VIEWS, metadata
 
 
 def script_location() -> Path:
@@ -146,6 +146,15 @@ _TRIGGERS = text(
 
 _VIEWS = text("SELECT viewname FROM pg_views WHERE schemaname = current_schema()")
 
+# The columns of a table in their physical order (the fields of its composite type), dropped ones aside.
+_COLUMN_ORDER = text(
+    """
+    SELECT attname FROM pg_attribute
+    WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped
+    ORDER BY attnum
+    """
+)
+
 
 def _check(connection: Connection, problems: list[str]) -> None:
     context = MigrationContext.configure(
@@ -186,6 +195,14 @@ def _check(connection: Connection, problems: list[str]) -> None:
             problems.append(f"trigger {name} on events is missing ({purpose})")
         elif state != "A":
             problems.append(f"trigger {name} on events is not ENABLE ALWAYS (state {state!r}; {purpose})")
+    # The projector writes rows as the table's composite type (``unnest($1::balances[])``): its fields, that is the
+    # physical column order, must be the declared order, which Alembic does not compare.
+    for table in PROJECTION_TABLES:
+        order = [row.attname for row in connection.execute(_COLUMN_ORDER, {"table": table.name})]
+        declared_order = [column.name for column in table.columns]
+        if order and set(order) == set(declared_order) and order != declared_order:
+            problems.append(f"the columns of {table.name} are not in the declared order: {', '.join(order)}; "
+                            f"expected {', '.join(declared_order)}")  # fmt: skip
     views = {row.viewname for row in connection.execute(_VIEWS)}
     problems.extend(f"view {name} is missing ({purpose})" for name, purpose in VIEWS.items() if name not in views)
 

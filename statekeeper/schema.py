@@ -220,7 +220,13 @@ orders = _projection(
     ("account", "client_order_id"),
     comment="every order ever seen, in its latest state",
 )
-open_orders = _projection(rows.OpenOrderRow, ("account", "market"), comment="the orders still working")
+open_orders = _projection(
+    rows.OpenOrderRow,
+    ("account", "market"),
+    ("account", "status"),
+    ("account", "updated_at"),
+    comment="the orders still working",
+)
 positions = _projection(rows.PositionRow, comment="one row per open position (account and market)")
 closed_positions = _projection(
     rows.ClosedPositionRow, ("account", "updated_at"), comment="the last position closed in each market"

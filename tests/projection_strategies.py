@@ -9,7 +9,9 @@ and position) and emits what a venue and the ingest daemon would append for it, 
 * snapshots come from the stream (Extended, on every connect: a new stream session) or from REST (whose time is
   when the request was sent, ``received_at``, sometimes well before the answer arrived); a snapshot sometimes
   misses an open order or position (it closed, or the venue lost it);
-* balances come one or several assets at a time, as snapshots or deltas, with or without their own time;
+* balances come one or several assets at a time, as snapshots or deltas, with or without their own time, each
+  message of one scope (Extended: the collateral or the spot assets; Paradex: the tokens) or, as logged before
+  scopes were recorded, of none; a scoped snapshot sometimes leaves out an asset of its scope (it is gone);
 * fills are re-sent (a REST backfill, sometimes with more fields), the same id comes with another fill type,
   busts arrive after their fill or before it (and twice); funding payments are re-sent too;
 * control events (session opened, unmodelled venue messages) that no projection reads.
@@ -37,6 +39,7 @@ from statekeeper.events import (
     AccountSummary,
     Balance,
     BalanceBody,
+    BalanceScope,
     Body,
     Event,
     Fill,
@@ -104,7 +107,11 @@ SIZES = st.sampled_from([Decimal("0"), Decimal("0.1"), Decimal("0.5"), Decimal("
 QTYS = st.sampled_from([Decimal("0.1"), Decimal("1"), Decimal("2.5")])
 SOME_ORDER_IDS = st.lists(st.sampled_from(ORDER_IDS), min_size=1, max_size=2, unique=True)
 SOME_MARKETS = st.lists(st.sampled_from(MARKETS), min_size=1, max_size=2, unique=True)
-SOME_ASSETS = st.lists(st.sampled_from(ASSETS), min_size=1, max_size=3, unique=True)
+SCOPED_ASSETS: dict[str, dict[BalanceScope, tuple[str, ...]]] = {
+    "extended": {BalanceScope.COLLATERAL: ("USDC",), BalanceScope.SPOT: ("USDT", "ETH")},
+    "paradex": {BalanceScope.TOKEN: ASSETS},
+}
+"""The assets of each balance scope, per venue."""
 OPT_AMOUNTS = st.none() | AMOUNTS
 OPT_PRICES = st.none() | PRICES
 OPT_SIZES = st.none() | SIZES
@@ -114,6 +121,12 @@ OPT_SIZES = st.none() | SIZES
 def _integers(low: int, high: int) -> st.SearchStrategy[int]:
     """Strategies built once: building one per draw costs more than the draw."""
     return st.integers(low, high)
+
+
+@functools.cache
+def _some(options: tuple[str, ...], at_least: int) -> st.SearchStrategy[list[str]]:
+    """Some of ``options``, each once."""
+    return st.lists(st.sampled_from(options), min_size=at_least, max_size=len(options), unique=True)
 
 
 def at(ms: int) -> datetime:
@@ -361,7 +374,12 @@ class _Generator:
     # ---------------------------------------------------------------------------------- balances, margin
 
     def balance(self) -> None:
-        assets = self.draw(SOME_ASSETS)
+        scopes = SCOPED_ASSETS[self.venue]
+        scope: BalanceScope | None = self.pick([None, *scopes, *scopes])
+        snapshot = self.flip()
+        candidates = scopes[scope] if scope is not None else ASSETS
+        # A scope's statement may list none of its assets (all gone); any other message lists one at least.
+        assets = self.draw(_some(candidates, 0 if snapshot and scope is not None else 1))
         balances = []
         for asset in assets:
             updated_at: datetime | None = None
@@ -380,8 +398,8 @@ class _Generator:
                     updated_at=updated_at,
                 )
             )
-        body = BalanceBody(balances=tuple(balances))
-        if self.flip():
+        body = BalanceBody(balances=tuple(balances), scope=scope)
+        if snapshot:
             self.snapshot(body)
         else:
             self.emit(body, source=self.pick([Source.STREAM, Source.REST]))

@@ -38,6 +38,7 @@ from statekeeper.events import (
     AccountSummary,
     Balance,
     BalanceBody,
+    BalanceScope,
     Body,
     Event,
     Fill,
@@ -307,17 +308,29 @@ def _newer(new: Order | Position, current: Row, *, new_final: bool, current_fina
 @settings(max_examples=150)
 @given(events=account_events(max_steps=40))
 def test_snapshots_replace_the_open_sets(events: list[Event]) -> None:
-    """Right after each snapshot: what it lists (unless older than the row) is the row's state, and an open order or
-    position it does not list is newer than the snapshot."""
+    """Right after each snapshot: what it lists (unless older than the row) is the row's state, and an open order,
+    position or (scoped snapshot) balance of its scope it does not list is newer than the snapshot."""
     state = AccountState(ACCOUNT)
     for message, folded in zip(events, fold_events(events), strict=True):
         orders_before, positions_before = dict(state.orders), {**state.closed_positions, **state.positions}
+        balances_before = dict(state.balances)
         fold(state, [folded])
         body = message.body
-        if not message.snapshot or not isinstance(body, OrderBody | PositionBody):
+        if not message.snapshot or not isinstance(body, OrderBody | PositionBody | BalanceBody):
             continue
         taken = folded.snapshot_time
-        if isinstance(body, OrderBody):
+        if isinstance(body, BalanceBody):
+            for b in body.balances:
+                kept = balances_before.get(b.asset)
+                if kept is None or (b.updated_at or message.venue_time) >= kept.updated_at:
+                    assert (state.balances[b.asset].balance, state.balances[b.asset].scope) == (b.balance, body.scope)
+            assets = {b.asset for b in body.balances}
+            others = [row for asset, row in state.balances.items() if asset not in assets]
+            if body.scope is None:  # a balance message logged without a scope removes nothing
+                assert {row.asset for row in others} == set(balances_before) - assets
+            assert all(row.updated_at > taken for row in others if body.scope is not None and row.scope == body.scope)
+            assert all(row.asset in balances_before for row in others)
+        elif isinstance(body, OrderBody):
             for o in body.orders:
                 row = orders_before.get(o.order_id)
                 final = o.status in TERMINAL_ORDER_STATUSES
@@ -601,10 +614,54 @@ def test_fill_received_again_from_rest_is_one_row() -> None:
     assert sorted(state.fills) == [("f1", "LIQUIDATION"), ("f1", "TRADE")]
 
 
-def test_balance_snapshot_keeps_other_assets() -> None:
-    log = Log().add(BalanceBody(balances=(Balance(asset="USDC", balance=Decimal(100)),)), t=1, snapshot=True)
-    state = log.add(BalanceBody(balances=(Balance(asset="ETH", balance=Decimal(2)),)), t=2, snapshot=True).fold()
-    assert {a: r.balance for a, r in state.balances.items()} == {"USDC": 100, "ETH": 2}
+def balances(*items: tuple[str, int], scope: BalanceScope | None, t: int | None = None) -> BalanceBody:
+    at_t = at(t) if t is not None else None
+    return BalanceBody(balances=tuple(Balance(asset=a, balance=Decimal(b), updated_at=at_t) for a, b in items),
+                       scope=scope)  # fmt: skip
+
+
+def held(state: AccountState) -> dict[str, tuple[object, object]]:
+    """Each asset's balance and scope."""
+    return {asset: (row.balance, row.scope) for asset, row in sorted(state.balances.items())}
+
+
+def test_balance_snapshot_keeps_the_assets_of_other_scopes() -> None:
+    """Extended states its collateral and its spot assets in separate messages: neither removes the other's."""
+    log = Log().add(balances(("USD", 100), scope=BalanceScope.COLLATERAL), t=1, snapshot=True)
+    state = log.add(balances(("ETH", 2), ("BTC", 1), scope=BalanceScope.SPOT), t=2, snapshot=True).fold()
+    assert held(state) == {"BTC": (1, "spot"), "ETH": (2, "spot"), "USD": (100, "collateral")}
+    state = log.add(balances(("USD", 90), scope=BalanceScope.COLLATERAL), t=3, snapshot=True).fold()
+    assert held(state) == {"BTC": (1, "spot"), "ETH": (2, "spot"), "USD": (90, "collateral")}
+
+
+def test_balance_snapshot_removes_an_asset_of_its_scope_it_does_not_list() -> None:
+    log = Log("paradex").add(balances(("USDC", 100), ("ETH", 2), scope=BalanceScope.TOKEN), t=1, snapshot=True)
+    state = log.add(balances(("USDC", 100), scope=BalanceScope.TOKEN), t=2, snapshot=True).fold()
+    assert held(state) == {"USDC": (100, "token")}
+    assert state.changes.deleted == {"balances": {("ETH",)}}
+    # A delta never removes anything; an empty snapshot says the account holds none of the scope's assets.
+    state = log.add(balances(("ETH", 1), scope=BalanceScope.TOKEN), t=3).fold()
+    assert held(state) == {"ETH": (1, "token"), "USDC": (100, "token")}
+    assert held(log.add(balances(scope=BalanceScope.TOKEN), t=4, snapshot=True).fold()) == {}
+
+
+def test_balance_snapshot_keeps_an_asset_newer_than_itself() -> None:
+    """A REST snapshot's time is when its request was sent: a stream update that came meanwhile survives it."""
+    log = Log("paradex").add(balances(("USDC", 100), scope=BalanceScope.TOKEN, t=1), t=1)
+    log.add(balances(("ETH", 3), scope=BalanceScope.TOKEN, t=6), t=6)
+    state = log.add(balances(("USDC", 100), scope=BalanceScope.TOKEN), t=8, received=5, snapshot=True,
+                    source=Source.REST).fold()  # fmt: skip
+    assert held(state) == {"ETH": (3, "token"), "USDC": (100, "token")}
+
+
+def test_balance_snapshot_without_a_scope_removes_nothing() -> None:
+    """Events logged before scopes were recorded: their rows have none, and a snapshot only replaces what it lists."""
+    log = Log().add(balances(("USDC", 100), ("ETH", 2), scope=None), t=1, snapshot=True)
+    state = log.add(balances(("USDC", 90), scope=None), t=2, snapshot=True).fold()
+    assert held(state) == {"ETH": (2, None), "USDC": (90, None)}
+    # A scoped snapshot does not remove a row without a scope either: nothing says which statement it was of.
+    state = log.add(balances(("USDC", 80), scope=BalanceScope.TOKEN), t=3, snapshot=True).fold()
+    assert held(state) == {"ETH": (2, None), "USDC": (80, "token")}
 
 
 def test_stale_balance_is_ignored() -> None:

@@ -19,6 +19,8 @@ import sys
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +30,8 @@ import pytest
 
 from statekeeper.config import ReconcileSettings, Settings
 from statekeeper.database import create_pool
-from statekeeper.events import LedgerMark
+from statekeeper.eventlog import PostgresEventLog
+from statekeeper.events import Balance, BalanceBody, BalanceScope, Event, LedgerMark, Source, natural_key
 from statekeeper.ingest.drivers import Snapshot, VenueDriver, make_driver
 from statekeeper.reconcile import diff
 from statekeeper.reconcile.runner import PassResult, Reconciler
@@ -170,6 +173,43 @@ async def test_drift_is_reported_kept_open_healed_and_the_next_pass_is_clean(dat
             after = await s.reconciler().run_pass(heal=False)
             assert after.status == "clean" and not after.found, after
         assert all(r["resolved_at"] is not None for r in await discrepancy_rows(s.pool))
+
+
+@pytest.mark.parametrize("venue", VENUES)
+async def test_an_asset_the_venue_no_longer_lists_is_healed_away_and_other_scopes_are_not_compared(
+    database_url: str, venue: Venue
+) -> None:
+    """The account held ETH once and holds none now: the venue's balances no longer list it. On Paradex the REST
+    answer states every token, so the row is a discrepancy, and the healing snapshot removes it. Extended's REST
+    answer states only the collateral: its spot assets are not compared (and not removed)."""
+    scope = BalanceScope.TOKEN if venue == "paradex" else BalanceScope.SPOT
+    async with setup(database_url, venue) as s:
+        await settled(s)
+        when = datetime.now(UTC) - timedelta(minutes=1)
+        eth_held = BalanceBody(balances=(Balance(asset="ETH", balance=Decimal(2), updated_at=when),), scope=scope)
+        held = Event(account=ACCOUNT, venue=venue, source=Source.REST, venue_time=when, received_at=when,
+                     body=eth_held, key=natural_key("test", "eth"))  # fmt: skip
+        position = (await PostgresEventLog(s.pool).append([held])).positions[0]
+        await wait_until(lambda: _projected(s.pool, position), within=30, what="the ETH balance projected")
+
+        first = await s.reconciler().run_pass(heal=True)
+        eth = diff.Difference(diff.BALANCE, "ETH", diff.PRESENT, diff.YES, diff.NO)
+        assets = {r["asset"] for r in await s.pool.fetch("SELECT asset FROM balances WHERE account = $1", ACCOUNT)}
+        if venue == "paradex":
+            assert eth in first.found and eth in first.healed and first.status == "clean", first
+            assert "ETH" not in assets
+        else:
+            assert first.status == "clean" and not first.found, first
+            assert "ETH" in assets
+        after = await s.reconciler().run_pass(heal=False)
+        assert after.status == "clean" and not after.found, after
+
+
+async def _projected(pool: asyncpg.Pool, position: int) -> bool:
+    checkpoint = await pool.fetchval(
+        "SELECT position FROM projector_checkpoints WHERE account = $1 AND name = 'projections'", ACCOUNT
+    )
+    return checkpoint is not None and checkpoint >= position
 
 
 class FailingLedger:

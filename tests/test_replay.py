@@ -239,11 +239,13 @@ def test_a_digest_line_is_the_canonical_json_of_the_rows_values() -> None:
     """The digest's line format (the replay module's docstring): decimals as their exact text, times in ISO 8601
     as :meth:`datetime.isoformat` writes them (with and without microseconds), null for none."""
     for updated_at in (datetime(2026, 3, 1, 14, 3, 2, tzinfo=UTC), datetime(2026, 3, 1, 14, 3, 2, 500, tzinfo=UTC)):
-        row = BalanceRow("acc", "extended", "USD", Decimal("1E+3"), Decimal("-0.000100"), None, None, None, None,
-                         None, None, None, None, "ACTIVE", updated_at, 7)  # fmt: skip
+        row = BalanceRow("acc", "extended", "USD", "collateral", Decimal("1E+3"), Decimal("-0.000100"), None, None,
+                         None, None, None, None, None, None, "ACTIVE", updated_at, 7)  # fmt: skip
         values = [value_text(getattr(row, c)) for c in rows.columns(BalanceRow)]
         assert row_line("balances", row) == orjson.dumps(["balances", *values])
-        assert row_line("balances", row).startswith(b'["balances","acc","extended","USD","1E+3","-0.000100",null,')
+        assert row_line("balances", row).startswith(
+            b'["balances","acc","extended","USD","collateral","1E+3","-0.000100",null,'
+        )
 
 
 def _reference(state: ReplayState) -> tuple[dict[str, list[dict[str, object]]], list[list[str]]]:

@@ -244,6 +244,8 @@ class ReplayState:
     def _write(self, state: AccountState) -> None:
         upserted = state.changes.upserted
         deleted = state.changes.deleted
+        for (asset,) in deleted.get("balances", ()):
+            self.balances.pop(asset, None)
         for (asset,) in upserted.get("balances", ()):
             self.balances[asset] = state.balances[asset]
         if upserted.get("account_margins"):

@@ -20,7 +20,7 @@ from typing import Any, Protocol, Self
 
 from pydantic import SecretStr
 
-from statekeeper.events import AccountBody, BalanceBody, Body, Order, OrderBody, PositionBody
+from statekeeper.events import AccountBody, BalanceBody, BalanceScope, Body, Order, OrderBody, PositionBody
 from statekeeper.events import LedgerMark as Mark
 from statekeeper.venues import venue_spec
 from statekeeper.venues.base import FrameContext, Item, ParseOutcome, SequenceKind
@@ -128,7 +128,7 @@ class ExtendedDriver(_Base):
         positions = await self.rest.positions()
         orders = await self.rest.open_orders()
         return [
-            Snapshot("balances", BalanceBody(balances=(balance.record,)), (balance,)),
+            Snapshot("balances", BalanceBody(balances=(balance.record,), scope=BalanceScope.COLLATERAL), (balance,)),
             Snapshot("positions", PositionBody(positions=tuple(i.record for i in positions)), positions),
             Snapshot("open_orders", OrderBody(orders=tuple(i.record for i in orders)), orders),
         ]
@@ -204,7 +204,9 @@ class ParadexDriver(_Base):
         orders = await self.rest.open_orders()
         account = await self.rest.account()
         return [
-            Snapshot("balances", BalanceBody(balances=tuple(i.record for i in balances)), balances),
+            Snapshot(
+                "balances", BalanceBody(balances=tuple(i.record for i in balances), scope=BalanceScope.TOKEN), balances
+            ),
             Snapshot("positions", PositionBody(positions=tuple(i.record for i in positions)), positions),
             Snapshot("open_orders", OrderBody(orders=tuple(i.record for i in orders)), orders),
             Snapshot("account", AccountBody(summary=account.record), (account,)),

@@ -4,8 +4,9 @@ The projector workers and the replay command call the same functions, so a proje
 log (DESIGN.md invariant 4). One fold per projection:
 
 * **balances**: a BALANCE message is state, not an increment: each balance it lists replaces that asset's row.
-  A balance snapshot lists what the venue reported in one message (Extended sends the collateral and the spot
-  balances in separate messages), so it does not remove assets it does not list.
+  A venue may state its balances in several messages (Extended: the collateral in ``BALANCE``, the spot assets in
+  ``SPOT_BALANCE``), so each message carries its *scope*, kept in the row: a balance snapshot replaces the rows of
+  its scope, and an asset of that scope it does not list leaves ``balances`` (rows of other scopes stay).
 * **orders / open_orders**: deltas upsert by order id; a terminal status (FILLED, CANCELLED, REJECTED, EXPIRED;
   Paradex CLOSED) takes the order out of ``open_orders`` and keeps it in ``orders``. An ORDER *snapshot* replaces
   the open-order set: an open order it does not list leaves ``open_orders`` and becomes ``closed_unconfirmed`` in
@@ -249,14 +250,28 @@ def _time_or(row: BalanceRow | AccountRow, default: datetime) -> datetime:
 
 
 def fold_balances(state: AccountState, event: FoldEvent) -> None:
-    for item in event.payload["balances"]:
+    payload = event.payload
+    items = payload["balances"]
+    scope = payload.get("scope")
+    for item in items:
         row = _decode_balance(item, state.account, event.venue, event.id)
+        row.scope = scope
         row.updated_at = _time_or(row, event.venue_time)
         current = state.balances.get(row.asset)
         if current is not None and (row.updated_at < current.updated_at or same_state(row, current)):
             continue
         state.balances[row.asset] = row
         state.changes.upsert("balances", (row.asset,))
+    if not event.snapshot or scope is None:
+        return
+    listed = {item["asset"] for item in items}
+    taken = event.snapshot_time
+    for asset in sorted(state.balances.keys() - listed):
+        row = state.balances[asset]
+        if row.scope == scope and row.updated_at <= taken:
+            # The venue's statement of this scope no longer lists it: the account holds none of it.
+            del state.balances[asset]
+            state.changes.delete("balances", (asset,))
 
 
 def fold_margins(state: AccountState, event: FoldEvent) -> None:

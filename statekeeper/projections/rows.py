@@ -71,6 +71,9 @@ class BalanceRow(Row):
     account: str
     venue: str
     asset: str
+    scope: str | None
+    """The venue's balance statement the asset belongs to (:class:`statekeeper.events.BalanceScope`); None for a
+    row from a message logged before scopes were recorded."""
     balance: Decimal
     equity: Decimal | None
     available_for_trade: Decimal | None

@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from statekeeper.config import ReconcileSettings, Settings
 from statekeeper.eventlog import CONNECTION_ERRORS, PostgresEventLog
-from statekeeper.events import Body, Discrepancy, Event, LedgerMark, Source, natural_key
+from statekeeper.events import BalanceBody, Body, Discrepancy, Event, LedgerMark, Source, natural_key
 from statekeeper.ingest import records
 from statekeeper.ingest.drivers import ExtendedDriver, Snapshot, VenueDriver, make_driver
 from statekeeper.ingest.records import Origin
@@ -66,7 +66,9 @@ HEAD = "SELECT coalesce(max(id), 0) FROM events WHERE account = $1"
 
 CHECKPOINT = "SELECT coalesce(max(position), 0) FROM projector_checkpoints WHERE account = $1 AND name = $2"
 
-BALANCES = "SELECT * FROM balances WHERE account = $1"
+BALANCES = "SELECT * FROM balances WHERE account = $1 AND (scope IS NULL OR $2::text IS NULL OR scope = $2::text)"
+"""The balances of the scope the venue's answer states (all of them if it states none; rows without a scope, from
+events logged before scopes were recorded, always)."""
 MARGINS = "SELECT * FROM account_margins WHERE account = $1"
 OPEN_ORDERS = "SELECT * FROM open_orders WHERE account = $1"
 ORDERS_BY_ID = "SELECT * FROM orders WHERE account = $1 AND order_id = ANY($2::text[])"
@@ -221,6 +223,14 @@ class _Answer:
     snapshots: dict[str, Snapshot]
     requested_at: datetime
     head_before: int
+
+    @property
+    def balance_scope(self) -> str | None:
+        """The balance statement the venue's answer holds (Extended's REST answer: its collateral, not its spot
+        assets); None if the answer says nothing of one."""
+        snapshot = self.snapshots.get("balances")
+        body = snapshot.body if snapshot is not None else None
+        return body.scope if isinstance(body, BalanceBody) else None
 
     def venue(self, entity: str) -> dict[str, Any] | None:
         """The venue's records of an entity kind by key; None if the venue has no such snapshot."""
@@ -421,7 +431,7 @@ class Reconciler:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             position = int(await conn.fetchval(CHECKPOINT, self.account, store.CHECKPOINT))
             found: dict[str, dict[str, Projected]] = {}
-            found[diff.BALANCE] = _rows(await conn.fetch(BALANCES, self.account), "asset")
+            found[diff.BALANCE] = _rows(await conn.fetch(BALANCES, self.account, answer.balance_scope), "asset")
             found[diff.ACCOUNT] = _rows(await conn.fetch(MARGINS, self.account), None)
             open_orders = _rows(await conn.fetch(OPEN_ORDERS, self.account), "order_id")
             others = sorted(set(orders) - set(open_orders))

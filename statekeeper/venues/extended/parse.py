@@ -79,6 +79,7 @@ from statekeeper.events import (
     AccountName,
     Balance,
     BalanceBody,
+    BalanceScope,
     Event,
     EventKind,
     Fill,
@@ -549,14 +550,16 @@ def _balance_frame(_: str, value: Any) -> tuple[Body, bool]:
     payload = _payload(value)
     snapshot = _is_snapshot(payload)
     balance = _one(payload.get(x.D_BALANCE), _balance, "data.balance")
-    return _build(BalanceBody, {"kind": EventKind.BALANCE, "balances": (balance,)}), snapshot
+    body = {"kind": EventKind.BALANCE, "balances": (balance,), "scope": BalanceScope.COLLATERAL}
+    return _build(BalanceBody, body), snapshot
 
 
 def _spot_balance_frame(_: str, value: Any) -> tuple[Body, bool]:
     payload = _payload(value)
     snapshot = _is_snapshot(payload)
     balances = _items(payload.get(x.D_SPOT_BALANCES), _spot_balance, "data.spotBalances")
-    return _build(BalanceBody, {"kind": EventKind.BALANCE, "balances": balances}), snapshot
+    body = {"kind": EventKind.BALANCE, "balances": balances, "scope": BalanceScope.SPOT}
+    return _build(BalanceBody, body), snapshot
 
 
 def _position_frame(_: str, value: Any) -> tuple[Body, bool]:

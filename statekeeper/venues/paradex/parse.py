@@ -66,6 +66,7 @@ from statekeeper.events import (
     AccountSummary,
     Balance,
     BalanceBody,
+    BalanceScope,
     Body,
     Event,
     Fill,
@@ -226,7 +227,7 @@ def _balance_event_notification(data: Mapping[str, Any], where: str) -> Mapped:
         key = natural_key("balance_event", fill_id, event_type, status)
     else:
         key = natural_key("balance_event", "at", _ms(balance.updated_at), event_type, status)
-    return BalanceBody(balances=(balance,)), key, balance.updated_at
+    return BalanceBody(balances=(balance,), scope=BalanceScope.TOKEN), key, balance.updated_at
 
 
 def _funding_notification(data: Mapping[str, Any], where: str) -> Mapped:
