@@ -8,8 +8,9 @@ without a scope: they keep none (replay folds those events the same way), and su
 The column sits after ``asset``, where the row class has it: the projector writes rows as the table's composite type,
 whose fields follow the physical column order, and ADD COLUMN can only append. So ``balances`` is rebuilt in this
 transaction: renamed, created anew, its rows copied, its privileges copied (whatever migration 0007 or an operator
-granted), the ``account_summary`` view pointed at the new table (CREATE OR REPLACE keeps the view's privileges),
-and the old table dropped. The table holds a row per account and asset: the copy is small.
+granted), the ``account_summary`` view replaced by its own query (as the server held it before the rename) so that
+it reads the new table (CREATE OR REPLACE keeps the view's privileges), and the old table dropped. The table holds
+a row per account and asset: the copy is small.
 
 Revision ID: 0008
 Revises: 0007
@@ -56,60 +57,12 @@ END
 $$
 """
 
-# account_summary as migration 0004 created it, unchanged: replaced only to read the new balances table.
-ACCOUNT_SUMMARY = """
-CREATE OR REPLACE VIEW account_summary AS
-SELECT c.account,
-       e.venue,
-       coalesce(m.equity, b.equity) AS equity,
-       coalesce(m.free_collateral, b.available_for_trade) AS available_balance,
-       coalesce(m.initial_margin, b.initial_margin) AS initial_margin,
-       coalesce(m.maintenance_margin, b.maintenance_margin) AS maintenance_margin,
-       o.open_orders,
-       p.positions,
-       p.gross_exposure,
-       coalesce(b.unrealised_pnl, p.unrealised_pnl, 0) AS unrealised_pnl,
-       e.venue_time AS last_update,
-       c.position AS last_event_id,
-       CASE
-           WHEN s.transport IS NULL THEN 'none'
-           WHEN s.closed_at IS NOT NULL THEN 'down'
-           WHEN s.transport = 'websocket' THEN 'streaming'
-           ELSE 'polling'
-       END AS stream_state,
-       s.opened_at AS stream_since,
-       s.close_reason AS stream_close_reason
-FROM projector_checkpoints AS c
-LEFT JOIN account_margins AS m ON m.account = c.account
-LEFT JOIN LATERAL (
-    SELECT sum(equity) AS equity, sum(available_for_trade) AS available_for_trade,
-           sum(initial_margin) AS initial_margin, sum(maintenance_margin) AS maintenance_margin,
-           sum(unrealised_pnl) AS unrealised_pnl
-    FROM balances WHERE balances.account = c.account
-) AS b ON true
-LEFT JOIN LATERAL (
-    SELECT count(*) AS open_orders FROM open_orders WHERE open_orders.account = c.account
-) AS o ON true
-LEFT JOIN LATERAL (
-    SELECT count(*) AS positions,
-           coalesce(sum(abs(coalesce(value, size * mark_price, size * entry_price))), 0) AS gross_exposure,
-           sum(unrealised_pnl) AS unrealised_pnl
-    FROM positions WHERE positions.account = c.account
-) AS p ON true
-LEFT JOIN LATERAL (
-    SELECT venue, venue_time FROM events WHERE events.account = c.account AND events.id = c.position
-) AS e ON true
-LEFT JOIN LATERAL (
-    SELECT transport, opened_at, closed_at, close_reason FROM stream_sessions
-    WHERE stream_sessions.account = c.account
-    ORDER BY opened_at DESC
-    LIMIT 1
-) AS s ON true
-WHERE c.name = 'projections'
-"""
+VIEW_DEFINITION = sa.text("SELECT pg_get_viewdef('account_summary'::regclass)")
+"""The view's query as the server holds it, read before the rename (which it would follow)."""
 
 
 def upgrade() -> None:
+    view = op.get_bind().execute(VIEW_DEFINITION).scalar_one()
     op.rename_table("balances", OLD)
     op.execute(f"ALTER TABLE {OLD} RENAME CONSTRAINT pk_balances TO pk_{OLD}")
     op.create_table(
@@ -136,7 +89,8 @@ def upgrade() -> None:
     )
     op.execute(f"INSERT INTO balances ({COLUMNS}) SELECT {COLUMNS} FROM {OLD}")  # noqa: S608 - constants
     op.execute(COPY_PRIVILEGES)
-    op.execute(ACCOUNT_SUMMARY)
+    # The same query, now naming the new table (the text is the server's own; CREATE OR REPLACE keeps the grants).
+    op.execute(f"CREATE OR REPLACE VIEW account_summary AS {view}")
     op.drop_table(OLD)
     op.create_index(op.f("ix_open_orders_account_status"), "open_orders", ["account", "status"])
     op.create_index(op.f("ix_open_orders_account_updated_at"), "open_orders", ["account", "updated_at"])
