@@ -433,6 +433,43 @@ async def test_a_dead_workers_accounts_are_taken_over(
             assert await store.read_tables(conn, account) == await pure_tables(log, account)
 
 
+async def test_a_worker_that_lost_the_database_takes_its_accounts_again_when_it_is_back(
+    database_url: str, pool: asyncpg.Pool, log: PostgresEventLog
+) -> None:
+    """The server ends every connection of the worker (a restart, a failover): its claims are gone with them. It
+    claims its accounts again as soon as the database answers, not at its next scheduled rebalance."""
+    accounts = [f"acc-{i}" for i in range(3)]
+    for account in accounts:
+        await log.append(activity(account, 20, seed=4))
+    settings = FAST.model_copy(update={"rebalance_interval_seconds": 60.0})
+    stop = asyncio.Event()
+    worker = ProjectorWorker(database_url, pool, settings=settings, stop=stop, name="w0")
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(caught_up(pool), what="every account projected")
+        assert worker.held == set(accounts)
+        async with pool.acquire() as conn:
+            ended = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+        assert ended >= 2  # the worker's claims and its applier at least
+        for account in accounts:
+            await log.append(activity(account, 20, seed=4, start=20))
+
+        async def back() -> bool:
+            return worker.held == set(accounts) and worker.error is None and await caught_up(pool)()
+
+        await wait_until(back, within=15, what="the worker's accounts claimed and projected again")
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+    async with pool.acquire() as conn:
+        for account in accounts:
+            assert await store.read_tables(conn, account) == await pure_tables(log, account)
+
+
 def lag_series(metrics: ProjectorMetrics) -> dict[str, tuple[float, float]]:
     """Each account's (lag in events, lag in seconds) as the worker's /metrics shows them."""
     found: dict[str, dict[str, float]] = {}

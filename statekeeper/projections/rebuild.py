@@ -44,9 +44,9 @@ UNLOCK = "SELECT pg_advisory_unlock(21327, 0)"
 LOCK_CHECKPOINTS = "LOCK TABLE projector_checkpoints IN EXCLUSIVE MODE"
 SWAP_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
 SWAP_ATTEMPTS = 5
-"""How many times the swap asks for the checkpoints' lock, waiting at most ``SWAP_LOCK_TIMEOUT`` each time: while
-it waits, every live worker's commit queues behind it, so it never waits long (for a transaction that holds the
-table, say) but lets the workers go on and tries again."""
+"""How many times the swap asks for the checkpoints' lock (and the live tables' own), waiting at most
+``SWAP_LOCK_TIMEOUT`` for each lock: while it waits, every live worker's commit queues behind it, so it never waits
+long (for a transaction that holds a table, say) but lets the workers go on and tries again."""
 
 
 def _ident(name: str) -> str:
@@ -167,10 +167,10 @@ async def _rebuild(
             except asyncpg.LockNotAvailableError:
                 if attempt == SWAP_ATTEMPTS:
                     raise RebuildError(
-                        f"the swap could not lock projector_checkpoints in {SWAP_ATTEMPTS} tries: a transaction holds "
-                        "it (see pg_locks); the live tables are as they were"
+                        f"the swap could not lock projector_checkpoints in {SWAP_ATTEMPTS} tries, or a live projection "
+                        "table: a transaction holds it (see pg_locks); the live tables are as they were"
                     ) from None
-                say(f"the swap waited for projector_checkpoints (attempt {attempt} of {SWAP_ATTEMPTS}); trying again")
+                say(f"the swap waited for its locks (attempt {attempt} of {SWAP_ATTEMPTS}); trying again")
         swap_seconds = time.perf_counter() - swap_started
     finally:
         await copy.close()

@@ -220,6 +220,7 @@ class ProjectorWorker:
         accounts poked."""
         poked, self._poked = self._poked, set()
         self._poke.clear()
+        await self._connection()
         now = time.monotonic()
         if now >= self._next_rebalance:
             self._next_rebalance = now + self.settings.rebalance_interval_seconds
@@ -246,10 +247,13 @@ class ProjectorWorker:
     # -------------------------------------------------------------------------------------- accounts
 
     async def _connection(self) -> asyncpg.Connection:
+        """The connection that holds this worker's slot and account claims; a new one, if that was lost (and with
+        it the claims): then a rebalance is due at once, to claim the accounts again."""
         if self._locks is None or self._locks.is_closed():
             self._locks = None
             self.held.clear()
             self.slot = None
+            self._next_rebalance = 0.0
             connection = await connect(self.url)
             try:
                 self.slot = await _take_slot(connection)
